@@ -1,0 +1,224 @@
+"""Listing an image dataset and keeping bad files out of it, before any DALI graph sees them.
+
+Two layouts are understood: a folder per class (ImageNet's `train/` and `val/`) and a file list of
+`relative/path label` lines. Files that are empty, are not an image by their leading bytes, or are JPEGs
+cut short are excluded up front with one warning naming them, so a run never dies late on them.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+                    ".jp2")
+
+# Leading bytes of the formats DALI's decoders read.
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jp2"),
+    (b"\xff\x4f\xff\x51", "jp2"),
+)
+_PNM = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+# How far from the end a JPEG's end-of-image marker may sit (some writers append padding or metadata).
+_EOI_WINDOW = 4096
+
+
+@dataclass
+class Dataset:
+    """A list of image files with integer labels and the class names the labels index."""
+
+    files: list[str]
+    labels: list[int]
+    classes: list[str]
+    root: str
+    excluded: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class DecodeError(RuntimeError):
+    """An image file that passed the up-front checks but could not be decoded."""
+
+    def __init__(self, files: Sequence[str], cause: str = ""):
+        self.files = list(files)
+        names = ", ".join(self.files[:5]) + (f" and {len(self.files) - 5} more" if len(self.files) > 5 else "")
+        msg = f"cannot decode image file(s): {names}"
+        if cause:
+            msg += f" (decoder said: {cause.strip().splitlines()[-1] if cause.strip() else cause})"
+        super().__init__(msg)
+
+
+def sniff_problem(path: str) -> str | None:
+    """Why the file at `path` cannot be an image DALI decodes, or None if it looks fine."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            kind = _kind(head)
+            if kind is None:
+                return "not an image (unknown leading bytes)"
+            if kind == "jpeg":
+                if size < 4:
+                    return "JPEG cut short (no end-of-image marker)"
+                fh.seek(max(size - _EOI_WINDOW, 2))
+                tail = fh.read()
+                if b"\xff\xd9" not in tail:
+                    return "JPEG cut short (no end-of-image marker)"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return None
+
+
+def _kind(head: bytes) -> str | None:
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] in _PNM and len(head) > 2 and head[2:3].isspace():
+        return "pnm"
+    return None
+
+
+def check_files(files: Sequence[str], *, workers: int = 8, progress: bool | None = None) -> list[str | None]:
+    """The problem with each file (None where it looks decodable), checked in parallel."""
+    show = progress if progress is not None else len(files) >= 20000
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results: Iterable[str | None] = pool.map(sniff_problem, files, chunksize=256)
+        if show:
+            from tqdm import tqdm
+            results = tqdm(results, total=len(files), desc="checking files", unit="file")
+        return list(results)
+
+
+def _exclude_bad(files: list[str], labels: list[int], root: str, verify: bool) -> tuple[list[str], list[int],
+                                                                                          list[tuple[str, str]]]:
+    if not verify:
+        return files, labels, []
+    problems = check_files(files)
+    bad = [(f, p) for f, p in zip(files, problems) if p is not None]
+    if not bad:
+        return files, labels, []
+    keep = [i for i, p in enumerate(problems) if p is None]
+    shown = "\n".join(f"  {f}: {p}" for f, p in bad[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    warnings.warn(f"dalimix: excluded {len(bad)} bad file(s) under {root}:\n{shown}{more}", stacklevel=3)
+    return [files[i] for i in keep], [labels[i] for i in keep], bad
+
+
+def scan_folder(data_dir: str | os.PathLike, *, verify: bool = True) -> Dataset:
+    """List a folder-per-class tree; labels follow sorted folder names, empty folders keep their index."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"data_dir {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data_dir {str(root)!r} is not a folder")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"data_dir {str(root)!r} has no class folders (expected one folder per class)")
+    files: list[str] = []
+    labels: list[int] = []
+    for idx, name in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                if fname.lower().endswith(IMAGE_EXTENSIONS) and not fname.startswith("."):
+                    files.append(os.path.join(dirpath, fname))
+                    labels.append(idx)
+    if not files:
+        raise FileNotFoundError(f"data_dir {str(root)!r} has class folders but no image files "
+                                f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+    files, labels, bad = _exclude_bad(files, labels, str(root), verify)
+    if not files:
+        raise ValueError(f"data_dir {str(root)!r}: every image file was excluded as bad")
+    return Dataset(files, labels, classes, str(root), bad)
+
+
+def read_file_list(file_list: str | os.PathLike, root: str | os.PathLike | None = None, *,
+                   classes: Sequence[str] | None = None, verify: bool = True) -> Dataset:
+    """Read `relative/path label` lines (paths relative to `root`, default the list's folder)."""
+    path = Path(file_list)
+    if not path.is_file():
+        raise FileNotFoundError(f"file_list {str(path)!r} does not exist")
+    base = Path(root) if root is not None else path.parent
+    if not base.is_dir():
+        raise FileNotFoundError(f"data_dir {str(base)!r} (root of file_list) does not exist")
+    files: list[str] = []
+    labels: list[int] = []
+    missing: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            rel, sep, label = line.rpartition(" ")
+            if not sep or not rel.strip():
+                raise ValueError(f"file_list {str(path)!r} line {lineno}: expected 'relative/path label', "
+                                 f"got {line!r}")
+            try:
+                lab = int(label)
+            except ValueError:
+                raise ValueError(f"file_list {str(path)!r} line {lineno}: label {label!r} is not an integer") \
+                    from None
+            if lab < 0:
+                raise ValueError(f"file_list {str(path)!r} line {lineno}: label {lab} is negative")
+            full = str(base / rel.strip())
+            if not os.path.exists(full):
+                missing.append(full)
+                continue
+            files.append(full)
+            labels.append(lab)
+    if missing:
+        raise FileNotFoundError(f"file_list {str(path)!r} names {len(missing)} missing file(s), e.g. {missing[0]!r}")
+    if not files:
+        raise ValueError(f"file_list {str(path)!r} lists no files")
+    num = max(labels) + 1
+    names = list(classes) if classes is not None else [str(i) for i in range(num)]
+    if len(names) < num:
+        raise ValueError(f"classes has {len(names)} names but file_list {str(path)!r} uses label {num - 1}")
+    files, labels, bad = _exclude_bad(files, labels, str(base), verify)
+    return Dataset(files, labels, names, str(base), bad)
+
+
+def find_undecodable(files: Sequence[str], *, progress: bool = True) -> list[str]:
+    """The files among `files` that DALI's CPU decoder rejects (used to name the file behind a decode error)."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def probe():
+        data = fn.external_source(name="data", dtype=types.UINT8)
+        return fn.decoders.image(data, device="cpu")
+
+    bad: list[str] = []
+    items: Iterable[str] = files
+    if progress and len(files) > 64:
+        from tqdm import tqdm
+        items = tqdm(files, desc="finding undecodable files", unit="file")
+    pipe = None
+    for f in items:
+        if pipe is None:
+            pipe = probe()
+            pipe.build()
+        pipe.feed_input("data", [np.fromfile(f, dtype=np.uint8)])
+        try:
+            pipe.run()
+        except RuntimeError:
+            bad.append(f)
+            pipe = None  # a failed DALI pipeline cannot be reused
+    return bad

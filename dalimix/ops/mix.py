@@ -1,0 +1,152 @@
+"""mixup and CutMix as DALI graph operators, with exact soft targets.
+
+Usable inside any `@pipeline_def`: `images, targets = mix(images, labels, config)`. All randomness comes
+from DALI's random operators (seeded by the pipeline, restored by DALI checkpoints); a small stateless
+NumPy step (`mix_params`) turns the draws into partners, boxes and targets. Each sample then goes down
+only the branch it drew (none, mixup or CutMix), so a batch pays only for the mixing it gets.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from nvidia.dali import fn, types
+
+from dalimix.config import MixConfig
+from dalimix.ops.mix_params import KIND_CUTMIX, KIND_MIXUP, NUM_UNIFORMS, as_batch, mix_params
+from dalimix.ops.targets import smoothed_targets
+
+DataNode = Any
+LAYOUTS = ("CHW", "HWC")
+
+
+class _ParamStep:
+    """The batch-processing python_function behind `mix` (a class so that it pickles and has a name)."""
+
+    NUM_OUTPUTS = 8
+
+    def __init__(self, cfg: MixConfig, layout: str):
+        self.cfg = cfg
+        self.layout = layout
+
+    def __call__(self, labels, uniforms, lam_mixup, lam_cutmix, enabled, shapes):
+        n = len(labels)
+        if n == 0:
+            return ([],) * self.NUM_OUTPUTS
+        shape = np.asarray(shapes[0]).reshape(-1)
+        for s in shapes[1:]:
+            if not np.array_equal(np.asarray(s).reshape(-1), shape):
+                raise ValueError(f"mix: images must share one shape per batch, got {shape.tolist()} and "
+                                 f"{np.asarray(s).reshape(-1).tolist()}")
+        if shape.size != 3:
+            raise ValueError(f"mix: images must be 3-D ({self.layout}), got shape {shape.tolist()}")
+        if self.layout == "CHW":
+            c, h, w = (int(v) for v in shape)
+        else:
+            h, w, c = (int(v) for v in shape)
+        p = mix_params(self.cfg, as_batch(labels), as_batch(uniforms), as_batch(lam_mixup), as_batch(lam_cutmix),
+                       as_batch(enabled), h, w)
+        # multi_paste regions: 0 = the whole own image, 1 = the partner's box at the same place.
+        anchors = [np.array([[0, 0], [y0, x0]], np.int32) for y0, x0, _, _ in p["box"]]
+        sizes = [np.array([[h, w], [y1 - y0, x1 - x0]], np.int32) for y0, x0, y1, x1 in p["box"]]
+        return ([np.array(v, np.int32) for v in p["partner"]],
+                [np.array(k == KIND_MIXUP) for k in p["kind"]],
+                [np.array(k == KIND_CUTMIX) for k in p["kind"]],
+                [np.array([v], np.float32) for v in p["weight"]],
+                anchors, sizes,
+                list(p["targets"]),
+                [np.array(v, np.float32) for v in p["lam"]])
+
+
+def _to_hwc(images: DataNode, layout: str) -> DataNode:
+    # multi_paste reads HWC only (its FHWC form fails with two inputs in DALI 2.4).
+    return images if layout == "HWC" else fn.transpose(images, perm=[1, 2, 0], output_layout="HWC")
+
+
+def _from_hwc(images: DataNode, layout: str) -> DataNode:
+    return images if layout == "HWC" else fn.transpose(images, perm=[2, 0, 1], output_layout="CHW")
+
+
+def _split(node: DataNode, predicate: DataNode) -> tuple[DataNode, DataNode]:
+    # DALI's per-sample conditional execution (what `if` compiles to with enable_conditionals), used
+    # directly so that mix works in pipelines that do not enable conditionals.
+    true_part, false_part = fn._conditional.split(node, predicate=predicate)
+    return true_part, false_part
+
+
+def _merge(true_part: DataNode, false_part: DataNode, predicate: DataNode) -> DataNode:
+    return fn._conditional.merge(true_part, false_part, predicate=predicate)
+
+
+def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CHW",
+        enabled: DataNode | None = None, return_lam: bool = False):
+    """Mix a batch of images in a DALI graph; return `(images, targets)` (and lam if asked).
+
+    images: one shape per batch, float or uint8, CPU or GPU, `layout` "CHW" or "HWC".
+    labels: int class indices (CPU). enabled: optional per-sample bool input (e.g. from an
+    `external_source` schedule) that turns mixing off without rebuilding the pipeline.
+    targets: float32 [num_classes] per sample, on the images' device, saying exactly how much of each
+    class the output holds. Partners: sample i is mixed with sample n-1-i (see `mix_params.partners`).
+    uint8 mixup rounds to the nearest value.
+    """
+    if not isinstance(config, MixConfig):
+        raise ValueError(f"config must be a dalimix.MixConfig, got {type(config).__name__}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    on_gpu = getattr(images, "device", "cpu") == "gpu"
+
+    if not config.mixing:
+        targets = smoothed_targets(labels, config.num_classes, config.label_smoothing)
+        targets = targets.gpu() if on_gpu else targets
+        if return_lam:
+            return images, targets, _ones_like(labels)
+        return images, targets
+
+    uniforms = fn.random.uniform(range=[0.0, 1.0], shape=[NUM_UNIFORMS])
+    lam_mixup = fn.random.beta(alpha=config.mixup_alpha, beta=config.mixup_alpha) if config.mixup_on \
+        else _ones_like(labels)
+    cut_alpha = config.cutmix_alpha if config.cutmix_alpha > 0 else 1.0
+    lam_cutmix = fn.random.beta(alpha=cut_alpha, beta=cut_alpha) if config.cutmix_on else _ones_like(labels)
+    if enabled is None:
+        enabled = fn.cast(_ones_like(labels), dtype=types.BOOL)
+    shapes = images.shape(device="cpu")
+    partner, is_mixup, is_cutmix, weight, anchors, sizes, targets, lam = fn.python_function(
+        labels, uniforms, lam_mixup, lam_cutmix, enabled, shapes,
+        function=_ParamStep(config, layout), batch_processing=True, num_outputs=_ParamStep.NUM_OUTPUTS)
+    is_mixup = fn.cast(is_mixup, dtype=types.BOOL)
+    is_cutmix = fn.cast(is_cutmix, dtype=types.BOOL)
+
+    partner_images = fn.permute_batch(images, indices=partner)
+
+    # mixup branch: x*w + partner*(1-w), only on the samples that drew mixup.
+    mix_x, rest_x = _split(images, is_mixup)
+    mix_p, rest_p = _split(partner_images, is_mixup)
+    mix_w, _ = _split(weight, is_mixup)
+    if on_gpu:
+        mix_w = mix_w.gpu()
+    blended = mix_x * mix_w + mix_p * (1.0 - mix_w)
+    blended = fn.cast_like(blended, mix_x)  # uint8 stays uint8 (DALI's cast rounds to nearest)
+
+    # CutMix branch among the rest: paste the partner's box into the own image.
+    _, rest_cut = _split(is_cutmix, is_mixup)
+    cut_x, none_x = _split(rest_x, rest_cut)
+    cut_p, _ = _split(rest_p, rest_cut)
+    _, rest_anchors = _split(anchors, is_mixup)
+    _, rest_sizes = _split(sizes, is_mixup)
+    cut_anchors, _ = _split(rest_anchors, rest_cut)
+    cut_sizes, _ = _split(rest_sizes, rest_cut)
+    pasted = fn.multi_paste(_to_hwc(cut_x, layout), _to_hwc(cut_p, layout),
+                            in_anchors=cut_anchors, out_anchors=cut_anchors, shapes=cut_sizes)
+    pasted = _from_hwc(pasted, layout)
+
+    rest = _merge(pasted, none_x, rest_cut)
+    out = _merge(blended, rest, is_mixup)
+    targets = targets.gpu() if on_gpu else targets
+    if return_lam:
+        return out, targets, lam
+    return out, targets
+
+
+def _ones_like(labels: DataNode) -> DataNode:
+    return fn.cast(labels, dtype=types.FLOAT) * 0.0 + 1.0
+

@@ -1,0 +1,101 @@
+"""The file source of dalimix pipelines: encoded images and labels, in a seeded order, sharded evenly.
+
+DALI's own readers shuffle with an internal generator and shard contiguously, which makes shard lengths
+differ, hides which file sits in which batch, and cannot be replayed from a seed and an epoch. This source
+is a stateless function of (epoch, iteration), as DALI's `external_source` wants, so:
+- every epoch order is `permutation(seed, epoch)`, identical on every rank, so shards are disjoint;
+- train shards take a strided slice of the order padded to a multiple of `num_shards` (as PyTorch's
+  DistributedSampler does), so every shard yields the same number of full batches;
+- val shards take contiguous ranges without padding, and the last batch is short, never duplicated;
+- a decode error can be traced back to the files of the failing batch;
+- resuming at epoch `e` only needs `start_epoch = e`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+
+class FileSource:
+    """Batches of (encoded file bytes, int32 label) for `fn.external_source(..., batch_info=True)`."""
+
+    def __init__(self, files: Sequence[str], labels: Sequence[int], *, batch_size: int, shard_id: int = 0,
+                 num_shards: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
+                 start_epoch: int = 0):
+        if len(files) != len(labels):
+            raise ValueError(f"files ({len(files)}) and labels ({len(labels)}) differ in length")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id}")
+        self.files = list(files)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self.batch_size = int(batch_size)
+        self.shard_id = int(shard_id)
+        self.num_shards = int(num_shards)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.start_epoch = int(start_epoch)
+        n = len(self.files)
+        if drop_last:
+            self.samples_per_shard = math.ceil(n / num_shards)
+            self.batches_per_epoch = self.samples_per_shard // batch_size
+            if self.batches_per_epoch == 0:
+                raise ValueError(f"batch_size {batch_size} is larger than the {self.samples_per_shard} samples "
+                                 f"per shard ({n} files over {num_shards} shard(s)); no full batch can be made")
+        else:
+            lo, hi = self._range(shard_id)
+            self.samples_per_shard = hi - lo
+            self.batches_per_epoch = max(math.ceil((h - l) / batch_size)
+                                         for l, h in map(self._range, range(num_shards)))
+        # Val shards may hold one batch fewer than the longest; the loader pads those with empty batches.
+        self.own_batches = (self.batches_per_epoch if drop_last
+                            else math.ceil(self.samples_per_shard / batch_size))
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _range(self, shard: int) -> tuple[int, int]:
+        n = len(self.files)
+        return n * shard // self.num_shards, n * (shard + 1) // self.num_shards
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """Indices into `files` that this shard reads in `epoch`, in order."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        n = len(self.files)
+        order = np.arange(n)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        if self.drop_last:
+            total = self.samples_per_shard * self.num_shards
+            order = np.concatenate([order, order[: total - n]]) if total > n else order
+            idx = order[self.shard_id::self.num_shards]
+        else:
+            lo, hi = self._range(self.shard_id)
+            idx = order[lo:hi]
+        self._cached = (epoch, idx)
+        return idx
+
+    def batch_indices(self, epoch: int, iteration: int) -> np.ndarray:
+        """Indices of the files in batch `iteration` of `epoch` (empty past the end of this shard)."""
+        idx = self.epoch_indices(epoch)
+        return idx[iteration * self.batch_size:(iteration + 1) * self.batch_size]
+
+    def batch_files(self, epoch: int, iteration: int) -> list[str]:
+        return [self.files[i] for i in self.batch_indices(epoch, iteration)]
+
+    def epoch_of(self, info: Any) -> int:
+        """The dataset epoch of a DALI `BatchInfo` (DALI counts from 0 at pipeline build)."""
+        return self.start_epoch + int(info.epoch_idx)
+
+    def __call__(self, info: Any) -> tuple[list[np.ndarray], np.ndarray]:
+        epoch = self.epoch_of(info)
+        it = int(info.iteration)
+        if it >= self.own_batches:
+            raise StopIteration
+        idx = self.batch_indices(epoch, it)
+        return [np.fromfile(self.files[i], dtype=np.uint8) for i in idx], self.labels[idx]

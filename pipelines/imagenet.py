@@ -1,0 +1,211 @@
+"""ImageNet train and val pipelines: decode fused with the random-resized crop, flip, normalise, mix.
+
+The same graph runs on the GPU (`device="gpu"`: nvJPEG / hardware decoder, GPU augmentation, outputs stay
+on the GPU) and on the CPU (`device="cpu"`: `device_id=None`, no CUDA needed). Each returned Pipeline
+carries what `dalimix.DaliLoader` needs to know (output names, batches per epoch, last-batch policy, the
+file source for naming a bad file) as `dalimix_*` attributes.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
+from dalimix.config import MixConfig
+from dalimix.dataset import Dataset, read_file_list, scan_folder
+from dalimix.ops import erasing as erasing_ops
+from dalimix.ops.mix import mix as mix_images
+from dalimix.ops.schedule import MixSchedule
+from dalimix.ops.targets import smoothed_targets
+from dalimix.source import FileSource
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEVICES = ("gpu", "cpu")
+DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _range_pair(name: str, value: Any, low: float = 0.0) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (min, max) pair, got {value!r}") from None
+    if not (low < a <= b):
+        raise ValueError(f"{name} must satisfy {low} < min <= max, got {value!r}")
+    return a, b
+
+
+def _device_id(device: str, device_id: Optional[int]) -> Optional[int]:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return None
+    if device_id is not None:
+        return int(device_id)
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _load(data_dir: str | os.PathLike, file_list: Optional[str], verify: bool,
+          classes: Optional[Sequence[str]]) -> Dataset:
+    if file_list is not None:
+        return read_file_list(file_list, data_dir, classes=classes, verify=verify)
+    return scan_folder(data_dir, verify=verify)
+
+
+def _seeds(seed: Optional[int], shard_id: int, num_shards: int) -> tuple[int, int]:
+    """(order seed shared by all shards, augmentation seed distinct per shard)."""
+    if seed is None:
+        # Shards must agree on the order or they would overlap; augmentation may differ freely.
+        order_seed = 0 if num_shards > 1 else random.SystemRandom().randrange(2 ** 31)
+        return order_seed, random.SystemRandom().randrange(2 ** 31)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    return int(seed), (int(seed) * 1_000_003 + shard_id * 7919 + 1) % (2 ** 31)
+
+
+def _normalize(images: Any, *, crop: Optional[int], mirror: Any, dtype: str, layout: str,
+               mean: Sequence[float], std: Sequence[float]) -> Any:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    return fn.crop_mirror_normalize(
+        images, dtype=DTYPES[dtype], output_layout=layout, crop=(crop, crop) if crop else None,
+        mean=[m * 255 for m in mean], std=[s * 255 for s in std], mirror=mirror)
+
+
+def _attach(pipe: Any, *, source: FileSource, dataset: Dataset, outputs: Sequence[str], last_batch: str,
+            layout: str, soft_targets: bool, schedule: Optional[MixSchedule] = None) -> Any:
+    pipe.dalimix_source = source
+    pipe.dalimix_dataset = dataset
+    pipe.dalimix_output_map = list(outputs)
+    pipe.dalimix_last_batch = last_batch
+    pipe.dalimix_layout = layout
+    pipe.dalimix_soft_targets = soft_targets
+    pipe.dalimix_schedule = schedule
+    pipe.dalimix_classes = list(dataset.classes)
+    return pipe
+
+
+def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, device: str = "gpu",
+                   num_threads: int = 4, mix: Optional[MixConfig] = None, shard_id: int = 0, num_shards: int = 1,
+                   seed: Optional[int] = None, device_id: Optional[int] = None, file_list: Optional[str] = None,
+                   scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                   flip_prob: float = 0.5, dtype: str = "float32", channels_last: bool = False,
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                   antialias: bool = False, re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1,
+                   mix_off_epoch: Optional[int] = None, start_epoch: int = 0, verify_files: bool = True,
+                   classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int = 2) -> Any:
+    """The ImageNet training pipeline, outputs `("images", "targets")`.
+
+    Decode is fused with the random-resized crop (`scale`, `ratio`), then resize to `crop`, optional
+    mixup / CutMix (`mix`), random flip, normalisation to `dtype` CHW (HWC with `channels_last`) and
+    optional random erasing. Each epoch is a seeded shuffle, sharded so every shard yields the same number
+    of full batches; the last partial batch is dropped. `mix_off_epoch` turns mixing off from that epoch
+    on (the schedule is a per-iteration input: `pipe.dalimix_schedule` can change it between epochs).
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    crop = _positive_int("crop", crop)
+    num_threads = _positive_int("num_threads", num_threads)
+    num_shards = _positive_int("num_shards", num_shards)
+    if isinstance(shard_id, bool) or not isinstance(shard_id, (int, np.integer)) or not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
+    scale = _range_pair("scale", scale)
+    if scale[1] > 1.0:
+        raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
+    ratio = _range_pair("ratio", ratio)
+    if not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+    if mix is not None and not isinstance(mix, MixConfig):
+        raise ValueError(f"mix must be None or a dalimix.MixConfig, got {type(mix).__name__}")
+    erasing = erasing_ops.ErasingConfig(prob=re_prob, mode=re_mode, count=re_count)
+    dev_id = _device_id(device, device_id)
+    order_seed, aug_seed = _seeds(seed, shard_id, num_shards)
+
+    dataset = _load(data_dir, file_list, verify_files, classes)
+    if mix is not None and mix.num_classes < dataset.num_classes:
+        raise ValueError(f"mix.num_classes={mix.num_classes} is smaller than the {dataset.num_classes} classes "
+                         f"found in {dataset.root!r}")
+    source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
+                        num_shards=num_shards, shuffle=True, seed=order_seed, drop_last=True,
+                        start_epoch=start_epoch)
+    schedule = MixSchedule(source, off_epoch=mix_off_epoch) if mix is not None and mix.mixing else None
+    layout = "HWC" if channels_last else "CHW"
+    decode_device = "mixed" if device == "gpu" else "cpu"
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=aug_seed,
+                  prefetch_queue_depth=prefetch_queue_depth, enable_checkpointing=True)
+    def graph():
+        jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
+                                           dtype=[types.UINT8, types.INT32])
+        images = fn.decoders.image_random_crop(
+            jpegs, device=decode_device, output_type=types.RGB, random_area=list(scale),
+            random_aspect_ratio=list(ratio), num_attempts=10)
+        images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR,
+                           antialias=antialias)
+        if mix is not None and mix.mixing:
+            enabled = fn.external_source(source=schedule, batch=True, batch_info=True, dtype=types.BOOL)
+            images, targets = mix_images(images, labels, mix, layout="HWC", enabled=enabled)
+        elif mix is not None and mix.soft_targets:
+            targets = smoothed_targets(labels, mix.num_classes, mix.label_smoothing)
+            targets = targets.gpu() if device == "gpu" else targets
+        else:
+            targets = labels.gpu() if device == "gpu" else labels
+        mirror = fn.random.coin_flip(probability=flip_prob) if flip_prob > 0 else 0
+        images = _normalize(images, crop=None, mirror=mirror, dtype=dtype, layout=layout, mean=mean, std=std)
+        if erasing.prob > 0:
+            images = erasing_ops.random_erasing(images, erasing, layout=layout)
+        return images, targets
+
+    pipe = graph()
+    return _attach(pipe, source=source, dataset=dataset, outputs=("images", "targets"), last_batch="drop",
+                   layout=layout, soft_targets=mix is not None and mix.soft_targets, schedule=schedule)
+
+
+def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, resize: int = 256,
+                 device: str = "gpu", num_threads: int = 4, shard_id: int = 0, num_shards: int = 1,
+                 device_id: Optional[int] = None, file_list: Optional[str] = None, dtype: str = "float32",
+                 channels_last: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, antialias: bool = True, verify_files: bool = True,
+                 classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int = 2) -> Any:
+    """The ImageNet validation pipeline, outputs `("images", "targets")` with int labels.
+
+    Resize the shorter side to `resize`, centre-crop `crop`, normalise. Shards are contiguous ranges that
+    together cover every image exactly once; the last batch is short rather than padded.
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    crop = _positive_int("crop", crop)
+    resize = _positive_int("resize", resize)
+    num_threads = _positive_int("num_threads", num_threads)
+    num_shards = _positive_int("num_shards", num_shards)
+    if crop > resize:
+        raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+    if isinstance(shard_id, bool) or not isinstance(shard_id, (int, np.integer)) or not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
+    dev_id = _device_id(device, device_id)
+    dataset = _load(data_dir, file_list, verify_files, classes)
+    source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
+                        num_shards=num_shards, shuffle=False, drop_last=False)
+    layout = "HWC" if channels_last else "CHW"
+    decode_device = "mixed" if device == "gpu" else "cpu"
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=0,
+                  prefetch_queue_depth=prefetch_queue_depth)
+    def graph():
+        jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
+                                           dtype=[types.UINT8, types.INT32])
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_LINEAR, antialias=antialias)
+        images = _normalize(images, crop=crop, mirror=0, dtype=dtype, layout=layout, mean=mean, std=std)
+        return images, (labels.gpu() if device == "gpu" else labels)
+
+    pipe = graph()
+    return _attach(pipe, source=source, dataset=dataset, outputs=("images", "targets"), last_batch="partial",
+                   layout=layout, soft_targets=False)
