@@ -126,6 +126,9 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     if mix is not None and not isinstance(mix, MixConfig):
         raise ValueError(f"mix must be None or a dalimix.MixConfig, got {type(mix).__name__}")
     erasing = erasing_ops.ErasingConfig(prob=re_prob, mode=re_mode, count=re_count)
+    if mix_off_epoch is not None and (isinstance(mix_off_epoch, bool) or not isinstance(mix_off_epoch, int)
+                                      or mix_off_epoch < 0):
+        raise ValueError(f"mix_off_epoch must be None or an int >= 0, got {mix_off_epoch!r}")
     dev_id = _device_id(device, device_id)
     order_seed, aug_seed = _seeds(seed, shard_id, num_shards)
 
