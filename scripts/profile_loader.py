@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""How fast is the input pipeline, how far from the decode limit, and does it keep the GPU fed?
+
+Measures in one run, after warm-up, alternating contenders, median of repeats:
+  decode_only   reader + fused random-crop decode (the limit of a DALI train loader)
+  mix_off       dalimix train loader, no mixing
+  mix_on        dalimix train loader, mixup + CutMix (switch 0.5)
+  torchvision   DataLoader recipe (RandomResizedCrop, flip, ToTensor, Normalize), workers = --threads
+  torchvision_mix  the same plus mixup/CutMix on each batch in the loop, as timm does
+  model_step    (GPU only) the model's own training step rate on synthetic input
+and a stage breakdown (read, decode+crop, resize, mix, normalise, copy to torch).
+
+  python scripts/profile_loader.py --data /tmp/imagenet-sample/train --device cpu --threads 2 \
+      --batch-size 64 --seconds 10 --json out.json --plot out.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from dalimix import DaliLoader, MixConfig  # noqa: E402
+from dalimix.dataset import scan_folder  # noqa: E402
+from dalimix.profiling import (Contender, TorchBatchMix, dataloader_pids, model_step_rate,  # noqa: E402
+                               torchvision_loader)
+from pipelines.imagenet import train_pipeline  # noqa: E402
+from pipelines.profiling import STAGES, stage_pipeline  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class (e.g. train/)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2, help="DALI threads = DataLoader workers")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--seconds", type=float, default=None, help="seconds per measurement (default 8)")
+    g.add_argument("--epochs", type=float, default=None, help="epochs per measurement instead of seconds")
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds; the median is reported")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per contender")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--arch", default="resnet50", help="model for the GPU step rate")
+    p.add_argument("--no-stages", action="store_true", help="skip the stage breakdown")
+    p.add_argument("--no-torchvision", action="store_true", help="skip the torchvision baselines")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--plot", help="write a bar chart PNG here")
+    a = p.parse_args(argv)
+    for name in ("batch_size", "crop", "threads", "repeats"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not os.path.isdir(a.data):
+        p.error(f"--data: folder {a.data!r} does not exist")
+    if a.seconds is not None and a.seconds <= 0:
+        p.error("--seconds must be > 0")
+    if a.epochs is not None and a.epochs <= 0:
+        p.error("--epochs must be > 0")
+    if a.device == "gpu" and not torch.cuda.is_available():
+        p.error("--device gpu: no CUDA GPU is visible")
+    return a
+
+
+def contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
+    common = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, seed=0)
+    mix = MixConfig(num_classes=num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
+    out = [
+        Contender("decode_only", lambda: _RawPipe(stage_pipeline(a.data, "decode", dtype=a.dtype, **common)),
+                  step=lambda b: b),
+        Contender("mix_off", lambda: DaliLoader(train_pipeline(a.data, dtype=a.dtype, **common))),
+        Contender("mix_on", lambda: DaliLoader(train_pipeline(a.data, dtype=a.dtype, mix=mix, **common))),
+    ]
+    if not a.no_torchvision:
+        batch_mix = TorchBatchMix(mix)
+        gpu = a.device == "gpu"
+
+        def tv_step(batch, mixing=False):
+            x, y = batch
+            if gpu:
+                x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
+            if mixing:
+                x, y = batch_mix(x, y)
+            if gpu:
+                torch.cuda.synchronize()
+            return int(x.shape[0])
+
+        make = lambda: torchvision_loader(a.data, batch_size=a.batch_size, crop=a.crop, workers=a.threads,  # noqa
+                                          pin_memory=gpu)
+        out += [Contender("torchvision", make, step=tv_step, pids=dataloader_pids),
+                Contender("torchvision_mix", make, step=lambda b: tv_step(b, True), pids=dataloader_pids)]
+    return out
+
+
+def stage_contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
+    common = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, seed=0,
+                  dtype=a.dtype, mix=MixConfig(num_classes=num_classes))
+
+    def make(stage):
+        return lambda: _RawPipe(stage_pipeline(a.data, stage, **common))
+    return [Contender(f"stage_{s}", make(s), step=lambda b: b) for s in STAGES]
+
+
+class _RawPipe:
+    """A pipeline run without the torch copy: yields batch sizes (for the stage breakdown)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.pipe.build()
+        self.source = pipe.dalimix_source
+
+    def __iter__(self):
+        for _ in range(self.source.batches_per_epoch):
+            out = self.pipe.run()
+            yield len(out[0])
+        self.pipe.reset()
+
+
+def measure(group: list[Contender], a: argparse.Namespace, total_images: int, label: str) -> None:
+    per = dict(seconds=a.seconds or 8.0) if a.epochs is None else \
+        dict(batches=max(1, int(a.epochs * total_images / a.batch_size)))
+    for c in tqdm(group, desc=f"warm-up {label}", leave=False):
+        c.run(seconds=a.warmup, record=False)
+    bar = tqdm(total=a.repeats * len(group), desc=f"measuring {label}")
+    for r in range(a.repeats):
+        order = group if r % 2 == 0 else group[::-1]  # alternate so drift hits everyone alike
+        for c in order:
+            c.run(**per)
+            bar.update()
+    bar.close()
+
+
+def ratio(results, num, den):
+    return round(results[num]["images_per_sec"] / results[den]["images_per_sec"], 3) \
+        if num in results and den in results else None
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    dataset = scan_folder(a.data)
+    group = contenders(a, dataset.num_classes)
+    measure(group, a, len(dataset), "loaders")
+    results = {c.name: c.median() for c in group}
+    stages = {}
+    if not a.no_stages:
+        sgroup = stage_contenders(a, dataset.num_classes)
+        measure(sgroup, a, len(dataset), "stages")
+        rates = {c.name[len("stage_"):]: c.median()["images_per_sec"] for c in sgroup}
+        rates["copy_to_torch"] = results["mix_on"]["images_per_sec"]
+        ms = {k: 1000.0 / v for k, v in rates.items()}
+        order = ["read", "decode", "resize", "mix", "normalize", "copy_to_torch"]
+        # each stage's cost: time per image of the graph up to it minus the graph before it
+        prev = {"read": None, "decode": "read", "resize": "decode", "mix": "resize", "normalize": "resize",
+                "copy_to_torch": "mix"}
+        stages = {"images_per_sec": {k: round(rates[k], 1) for k in order}}
+        costs = {}
+        for k in order:
+            base = ms[prev[k]] if prev[k] else 0.0
+            if k == "mix":  # graphs: resize -> mix -> normalize vs resize -> normalize
+                costs[k] = ms["mix"] - ms["normalize"]
+            elif k == "normalize":
+                costs[k] = ms["normalize"] - ms["resize"]
+            elif k == "copy_to_torch":
+                costs[k] = ms["copy_to_torch"] - ms["mix"]
+            else:
+                costs[k] = ms[k] - base
+        stages["ms_per_image"] = {k: round(v, 4) for k, v in costs.items()}
+    if a.device == "gpu":
+        results["model_step"] = {"images_per_sec": model_step_rate(a.arch, batch_size=a.batch_size, crop=a.crop),
+                                 "cpu_cores": None, "rss_mb": None, "runs": []}
+    ratios = {
+        "mix_on_vs_torchvision": ratio(results, "mix_on", "torchvision"),
+        "mix_off_vs_torchvision": ratio(results, "mix_off", "torchvision"),
+        "mix_on_vs_torchvision_mix": ratio(results, "mix_on", "torchvision_mix"),
+        "mix_on_vs_decode_only": ratio(results, "mix_on", "decode_only"),
+        "mix_off_vs_decode_only": ratio(results, "mix_off", "decode_only"),
+        "mix_on_vs_mix_off": ratio(results, "mix_on", "mix_off"),
+        "torchvision_mix_vs_torchvision": ratio(results, "torchvision_mix", "torchvision"),
+        "mix_on_vs_model_step": ratio(results, "mix_on", "model_step"),
+    }
+    ratios = {k: v for k, v in ratios.items() if v is not None}
+    report = {
+        "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "gpu": torch.cuda.get_device_name(0) if a.device == "gpu" else None,
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "dali": __import__("nvidia.dali").dali.__version__},
+        "settings": {k: v for k, v in vars(a).items() if k not in ("json", "plot")},
+        "images": len(dataset), "results": results, "ratios": ratios, "stages": stages,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print_report(report)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    if a.plot:
+        plot(report, a.plot)
+    return report
+
+
+def print_report(r: dict) -> None:
+    print(f"\n{r['images']} images, device {r['settings']['device']}, batch {r['settings']['batch_size']}, "
+          f"crop {r['settings']['crop']}, threads {r['settings']['threads']}")
+    tv = r["results"].get("torchvision", {}).get("images_per_sec")
+    dec = r["results"]["decode_only"]["images_per_sec"]
+    print(f"{'loader':<18}{'img/s':>9}{'vs torchvision':>16}{'vs decode-only':>16}{'CPU cores':>11}{'RSS MiB':>9}")
+    for name, v in r["results"].items():
+        ips = v["images_per_sec"]
+        cores = f"{v['cpu_cores']:.2f}" if v.get("cpu_cores") is not None else "-"
+        rss = f"{v['rss_mb']:.0f}" if v.get("rss_mb") is not None else "-"
+        print(f"{name:<18}{ips:>9.1f}{(ips / tv if tv else float('nan')):>16.2f}{ips / dec:>16.2f}"
+              f"{cores:>11}{rss:>9}")
+    if r["stages"]:
+        print("\nstage breakdown (ms per image, graph up to the stage minus the graph before it):")
+        for k, v in r["stages"]["ms_per_image"].items():
+            print(f"  {k:<15}{v:>8.3f}")
+    print("\nratios:")
+    for k, v in r["ratios"].items():
+        print(f"  {k:<32}{v:>7.3f}")
+
+
+def plot(r: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(r["results"])
+    values = [r["results"][n]["images_per_sec"] for n in names]
+    fig, axes = plt.subplots(1, 2 if r["stages"] else 1, figsize=(12 if r["stages"] else 7, 4.2))
+    axes = np.atleast_1d(axes)
+    colours = ["#4c72b0" if n.startswith(("mix", "decode")) else "#dd8452" if n.startswith("torch") else "#55a868"
+               for n in names]
+    bars = axes[0].bar(names, values, color=colours)
+    axes[0].bar_label(bars, fmt="%.0f")
+    axes[0].set_ylabel("images / s")
+    axes[0].set_title(f"loader throughput ({r['settings']['device']}, {r['settings']['threads']} threads)")
+    axes[0].tick_params(axis="x", rotation=30)
+    if r["stages"]:
+        st = r["stages"]["ms_per_image"]
+        axes[1].barh(list(st), list(st.values()), color="#8172b3")
+        axes[1].invert_yaxis()
+        axes[1].set_xlabel("ms per image")
+        axes[1].set_title("where the time goes (dalimix, mix on)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
