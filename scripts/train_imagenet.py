@@ -1,0 +1,435 @@
+#!/usr/bin/env python
+"""Train a torchvision classifier on an ImageNet-layout folder with dalimix's DALI input pipeline.
+
+Mixup / CutMix / label smoothing run inside the DALI graph, manifold mixup wraps the model, and the
+engine (`dalimix.engine`) does the epoch loop, evaluation, checkpoints, metrics and curves.
+
+One process:       python scripts/train_imagenet.py --data DIR --arch resnet50 --device gpu ...
+Several GPUs:      torchrun --nproc_per_node=8 scripts/train_imagenet.py --data DIR ...
+Several nodes:     scripts/train_multi_gpu.sh (NODES, GPUS_PER_NODE, NODE_RANK, MASTER_ADDR, MASTER_PORT)
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import os
+import random
+import sys
+import time
+import warnings
+from typing import Any, Optional
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # run from anywhere without installing: `dalimix` and `pipelines` live beside scripts/
+    sys.path.insert(0, _ROOT)
+
+EPILOG = """\
+distributed training:
+  torchrun --nproc_per_node=N %(prog)s ... starts N ranks; each reads RANK / WORLD_SIZE / LOCAL_RANK, uses
+  cuda:LOCAL_RANK (NCCL) or the CPU (gloo), reads a disjoint shard of train/ and val/ and trains a DDP model.
+  --batch-size is per rank, so the global batch is N x --batch-size (scale --lr with it). Metrics are summed
+  over ranks; only rank 0 prints progress and writes --output.
+  Failures: when a worker process dies, torchrun tears the whole group down and exits non-zero. A rank that
+  hangs (or a peer on another node that vanished) makes the other ranks' collectives fail after
+  --dist-timeout minutes with an error, instead of waiting forever.
+  Several nodes: see scripts/train_multi_gpu.sh.
+
+outputs (in --output): metrics.jsonl (one JSON line per epoch), summary.json, checkpoint.pt (latest),
+best.pt (best val top-1), curves.png. --resume checkpoint.pt continues from the next epoch with the same
+model, optimizer, schedule, AMP scaler, RNG and DALI augmentation state: a resumed run equals an
+uninterrupted one (same flags, same number of ranks).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset root holding train/ and val/, each with one folder per class")
+    g.add_argument("--crop", type=int, default=224, help="train and val crop size in pixels (default 224)")
+    g.add_argument("--val-resize", type=int, default=None,
+                   help="val: resize the shorter side to this before the centre crop (default crop/0.875)")
+    g.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
+                   help="where DALI decodes/augments and the model trains (default gpu)")
+    g.add_argument("--threads", type=int, default=4, help="DALI CPU threads per rank (default 4)")
+    g.add_argument("--batch-size", type=int, default=256, help="train batch size per rank (default 256)")
+    g.add_argument("--val-batch-size", type=int, default=None, help="val batch size per rank (default --batch-size)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC images and model (faster with AMP on GPU)")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, metavar="N",
+                   help="smoke runs: train only the first N batches of each epoch's shuffled order")
+    g.add_argument("--max-val-steps", type=int, default=None, metavar="N",
+                   help="smoke runs: evaluate only the first N val batches per rank")
+
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--arch", default="resnet50", help="any torchvision classification model name (default resnet50)")
+    g.add_argument("--epochs", type=int, default=90, help="total epochs of the schedule (default 90)")
+    g.add_argument("--lr", type=float, default=0.1,
+                   help="peak learning rate (default 0.1, the usual value for a global batch of 256)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine (default 0)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (default 1e-4)")
+    g.add_argument("--decay-norm-bias", action="store_true",
+                   help="also decay biases and normalisation scales (default: no decay on 1-D parameters)")
+    g.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear warmup length in epochs (fractions allowed), then cosine decay per step")
+    g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the gradient norm")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 autocast + gradient scaling on GPU, bfloat16 autocast on CPU")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (distributed runs)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed for data order, augmentation, init and mixing (default: random, recorded in summary)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower)")
+
+    g = p.add_argument_group("mixing (in the DALI graph, timm semantics: an alpha of 0 turns that mixing off)")
+    g.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha) (default 0: off)")
+    g.add_argument("--cutmix-alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha) (default 0: off)")
+    g.add_argument("--cutmix-minmax", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="CutMix box side as a fraction of the image, drawn in [MIN, MAX] (turns CutMix on)")
+    g.add_argument("--mix-prob", type=float, default=1.0, help="probability to mix a batch/pair/element (default 1)")
+    g.add_argument("--switch-prob", type=float, default=0.5,
+                   help="probability of CutMix rather than mixup when both are on (default 0.5)")
+    g.add_argument("--mix-mode", choices=("batch", "pair", "elem"), default="batch",
+                   help="what shares one mixing draw (default batch)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon (default 0)")
+    g.add_argument("--mixup-off-epoch", type=int, default=None, metavar="E",
+                   help="turn mixup, CutMix and manifold mixup off from epoch E (0-based) on")
+    g.add_argument("--manifold-mixup-alpha", type=float, default=0.0,
+                   help="manifold mixup Beta(alpha, alpha) at a random hidden layer per step (default 0: off)")
+    g.add_argument("--manifold-layers", default=None, metavar="NAMES",
+                   help="comma list of module names to mix at (default: the residual stages, e.g. layer1..layer4)")
+    g.add_argument("--manifold-no-input", action="store_true", help="manifold mixup: never mix at the input")
+    g.add_argument("--re-prob", type=float, default=0.0, help="random erasing probability (default 0)")
+    g.add_argument("--re-mode", choices=("const", "rand", "pixel"), default="const", help="random erasing fill")
+    g.add_argument("--re-count", type=int, default=1, help="random erasing: up to this many boxes")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output", default=None, metavar="DIR", help="where metrics, summary, checkpoints and curves go")
+    g.add_argument("--resume", default=None, metavar="PATH", help="checkpoint.pt to continue from")
+    g.add_argument("--stop-at-epoch", type=int, default=None, metavar="N",
+                   help="exit after N epochs are done (the schedule still spans --epochs); continue with --resume")
+    g.add_argument("--print-freq", type=int, default=10,
+                   help="update the progress bar's loss every N steps (one host sync each; 0: never)")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument("--dist-timeout", type=float, default=30.0, metavar="MIN",
+                   help="minutes before a collective waiting on a dead or stuck rank fails (default 30)")
+    g.add_argument("--dump-seen", default=None, metavar="DIR",
+                   help="debug: write DIR/rank<R>_seen.json with the file indices and labels each rank read")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """argparse errors (exit code 2) naming the flag, before anything heavy happens."""
+    def need(cond: bool, flag: str, msg: str) -> None:
+        if not cond:
+            p.error(f"{flag}: {msg}")
+
+    need(a.epochs >= 1, "--epochs", f"must be >= 1, got {a.epochs}")
+    need(a.batch_size >= 1, "--batch-size", f"must be >= 1, got {a.batch_size}")
+    need(a.val_batch_size is None or a.val_batch_size >= 1, "--val-batch-size", f"must be >= 1, got {a.val_batch_size}")
+    need(a.crop >= 8, "--crop", f"must be >= 8 pixels, got {a.crop}")
+    if a.val_resize is None:
+        a.val_resize = int(round(a.crop / 0.875))
+    need(a.val_resize >= a.crop, "--val-resize", f"must be >= --crop ({a.crop}), got {a.val_resize}")
+    need(a.threads >= 1, "--threads", f"must be >= 1, got {a.threads}")
+    need(a.lr > 0, "--lr", f"must be > 0, got {a.lr}")
+    need(0 <= a.min_lr <= a.lr, "--min-lr", f"must be in [0, --lr], got {a.min_lr}")
+    need(0 <= a.momentum < 1, "--momentum", f"must be in [0, 1), got {a.momentum}")
+    need(a.weight_decay >= 0, "--weight-decay", f"must be >= 0, got {a.weight_decay}")
+    need(a.warmup_epochs >= 0, "--warmup-epochs", f"must be >= 0, got {a.warmup_epochs}")
+    need(a.warmup_epochs <= a.epochs, "--warmup-epochs", f"must not exceed --epochs ({a.epochs}), got {a.warmup_epochs}")
+    need(a.clip_grad is None or a.clip_grad > 0, "--clip-grad", f"must be > 0, got {a.clip_grad}")
+    need(a.seed is None or a.seed >= 0, "--seed", f"must be >= 0, got {a.seed}")
+    need(a.mixup_alpha >= 0, "--mixup-alpha", f"must be >= 0, got {a.mixup_alpha}")
+    need(a.cutmix_alpha >= 0, "--cutmix-alpha", f"must be >= 0, got {a.cutmix_alpha}")
+    if a.cutmix_minmax is not None:
+        lo, hi = a.cutmix_minmax
+        need(0 < lo <= hi <= 1, "--cutmix-minmax", f"must satisfy 0 < MIN <= MAX <= 1, got {lo} {hi}")
+    need(0 <= a.mix_prob <= 1, "--mix-prob", f"must be in [0, 1], got {a.mix_prob}")
+    need(0 <= a.switch_prob <= 1, "--switch-prob", f"must be in [0, 1], got {a.switch_prob}")
+    need(0 <= a.label_smoothing < 1, "--label-smoothing", f"must be in [0, 1), got {a.label_smoothing}")
+    need(a.mixup_off_epoch is None or a.mixup_off_epoch >= 0, "--mixup-off-epoch",
+         f"must be >= 0, got {a.mixup_off_epoch}")
+    need(a.manifold_mixup_alpha >= 0, "--manifold-mixup-alpha", f"must be >= 0, got {a.manifold_mixup_alpha}")
+    need(a.manifold_layers is None or a.manifold_mixup_alpha > 0, "--manifold-layers",
+         "needs --manifold-mixup-alpha > 0")
+    need(0 <= a.re_prob <= 1, "--re-prob", f"must be in [0, 1], got {a.re_prob}")
+    need(a.re_count >= 1, "--re-count", f"must be >= 1, got {a.re_count}")
+    need(a.print_freq >= 0, "--print-freq", f"must be >= 0, got {a.print_freq}")
+    need(a.dist_timeout > 0, "--dist-timeout", f"must be > 0 minutes, got {a.dist_timeout}")
+    for flag, value in (("--max-steps-per-epoch", a.max_steps_per_epoch), ("--max-val-steps", a.max_val_steps)):
+        need(value is None or value >= 1, flag, f"must be >= 1, got {value}")
+    need(a.stop_at_epoch is None or 1 <= a.stop_at_epoch <= a.epochs, "--stop-at-epoch",
+         f"must be in [1, --epochs], got {a.stop_at_epoch}")
+    need(a.resume is None or os.path.isfile(a.resume), "--resume", f"checkpoint {a.resume!r} does not exist")
+
+    import torchvision
+    archs = torchvision.models.list_models(module=torchvision.models)
+    if a.arch not in archs:
+        close = difflib.get_close_matches(a.arch, archs, n=3)
+        p.error(f"--arch: unknown model {a.arch!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                + " (any torchvision.models classification model)")
+    if a.device == "gpu":
+        import torch
+        need(torch.cuda.is_available(), "--device", "gpu was asked for but torch sees no CUDA device (use --device cpu)")
+
+    need(os.path.isdir(a.data), "--data", f"dataset folder {a.data!r} does not exist")
+    for split in ("train", "val"):
+        path = os.path.join(a.data, split)
+        need(os.path.isdir(path), "--data", f"{path!r} does not exist (expected {split}/ with one folder per class)")
+    classes = _class_folders(os.path.join(a.data, "train"))
+    need(bool(classes), "--data", f"{os.path.join(a.data, 'train')!r} has no class folders")
+    val_classes = _class_folders(os.path.join(a.data, "val"))
+    if val_classes != classes:
+        missing = sorted(set(classes) ^ set(val_classes))[:5]
+        p.error(f"--data: train/ and val/ must hold the same class folders (labels follow sorted names); "
+                f"they differ in {missing}")
+    a.classes = classes
+
+
+def _class_folders(path: str) -> list[str]:
+    """Class names as dalimix's folder scan orders them (sorted, hidden folders skipped, empty ones kept)."""
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+# Settings a DALI checkpoint belongs to: restoring it under others would replay the wrong stream.
+_DATA_KEYS = ("data", "device", "batch_size", "crop", "seed", "mixup_alpha", "cutmix_alpha", "cutmix_minmax",
+              "mix_prob", "switch_prob", "mix_mode", "label_smoothing", "re_prob", "re_mode", "re_count",
+              "channels_last", "max_steps_per_epoch")
+
+
+def _build_train_loader(a: argparse.Namespace, ctx: Any, mix: Any, start_epoch: int,
+                        resume: Optional[dict], log) -> tuple[Any, int]:
+    """The train DaliLoader positioned at `start_epoch`; (loader, data_start_epoch for checkpoints)."""
+    from dalimix import DaliLoader
+    from dalimix.engine import restore_dali_checkpoint
+    from pipelines.imagenet import train_pipeline
+
+    kwargs = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, mix=mix,
+                  shard_id=ctx.rank, num_shards=ctx.world_size, seed=a.seed,
+                  device_id=ctx.local_rank if a.device == "gpu" else None, channels_last=a.channels_last,
+                  re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count)
+
+    def make(first_epoch: int, checkpoint: Optional[bytes]) -> Any:
+        kw = dict(kwargs, start_epoch=first_epoch)
+        takes_checkpoint = "checkpoint" in inspect.signature(train_pipeline).parameters
+        if checkpoint is not None and takes_checkpoint:
+            kw["checkpoint"] = checkpoint
+        pipe = train_pipeline(os.path.join(a.data, "train"), **kw)
+        _truncate(pipe, a.max_steps_per_epoch)
+        if checkpoint is not None and not takes_checkpoint:
+            restore_dali_checkpoint(pipe, checkpoint)
+        return pipe
+
+    why = None
+    if resume is not None:
+        dali = resume.get("dali") or []
+        old = resume.get("run_info", {}).get("args", {})
+        changed = [k for k in _DATA_KEYS if k in old and old[k] != _jsonable(getattr(a, k))]
+        if len(dali) != ctx.world_size:
+            why = f"the checkpoint has {len(dali)} rank(s), this run {ctx.world_size}"
+        elif dali[ctx.rank] is None:
+            why = "the checkpoint holds no DALI state"
+        elif changed:
+            why = f"data settings changed: {', '.join('--' + k.replace('_', '-') for k in changed)}"
+        if why is None:
+            data_start = int(resume.get("data_start_epoch", 0))
+            try:
+                pipe = make(data_start, dali[ctx.rank])
+                restored = getattr(pipe, "_epoch_idx", start_epoch - data_start) + data_start
+                if restored != start_epoch:
+                    raise RuntimeError(f"the DALI checkpoint is at epoch {restored}, not {start_epoch}")
+                loader = DaliLoader(pipe)
+                loader.epoch = start_epoch
+                return loader, data_start
+            except Exception as exc:  # noqa: BLE001 - fall back to a fresh pipeline, loudly
+                why = f"restoring it failed: {exc}"
+        if ctx.is_main:
+            warnings.warn(f"--resume: not restoring the DALI augmentation state ({why}); the file order of each "
+                          f"epoch is still exact, but crops, flips and mixing draws differ from an uninterrupted "
+                          f"run", stacklevel=2)
+    return DaliLoader(make(start_epoch, None)), start_epoch
+
+
+def _truncate(pipe: Any, max_batches: Optional[int]) -> None:
+    """Cap an epoch at `max_batches` batches (smoke runs): the FileSource stops after them."""
+    if max_batches is None:
+        return
+    src = pipe.dalimix_source
+    src.batches_per_epoch = min(src.batches_per_epoch, max_batches)
+    src.own_batches = min(src.own_batches, max_batches)
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    _check_args(parser, a)
+
+    import numpy as np
+    import torch
+    import torchvision
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from dalimix import DaliLoader, ManifoldMixup, MixConfig
+    from dalimix import engine
+    from dalimix.distributed import init_distributed
+    from pipelines.imagenet import val_pipeline
+
+    resume = engine.load_checkpoint(a.resume) if a.resume else None
+    if resume is not None:
+        old = resume.get("run_info", {}).get("args", {})
+        if old.get("arch") not in (None, a.arch):
+            parser.error(f"--arch: the checkpoint was trained with --arch {old['arch']}, not {a.arch}")
+        if a.seed is None and old.get("seed") is not None:
+            a.seed = int(old["seed"])
+
+    ctx = init_distributed(a.device, a.dist_timeout)
+    main_rank = ctx.is_main
+    log = print if main_rank else (lambda *_, **__: None)
+    try:
+        if a.seed is None:
+            a.seed = ctx.broadcast_object(random.SystemRandom().randrange(2 ** 31))
+        random.seed(a.seed + ctx.rank)
+        np.random.seed(a.seed + ctx.rank)
+        torch.manual_seed(a.seed + ctx.rank)
+        if a.device == "gpu":
+            torch.backends.cudnn.benchmark = not a.deterministic
+            torch.backends.cudnn.deterministic = a.deterministic
+
+        num_classes = len(a.classes)
+        mix = None
+        if a.mixup_alpha > 0 or a.cutmix_alpha > 0 or a.cutmix_minmax is not None or a.label_smoothing > 0:
+            mix = MixConfig(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
+                            cutmix_minmax=tuple(a.cutmix_minmax) if a.cutmix_minmax else None, prob=a.mix_prob,
+                            switch_prob=a.switch_prob, mode=a.mix_mode, label_smoothing=a.label_smoothing,
+                            num_classes=num_classes)
+
+        start_epoch = int(resume["epoch"]) + 1 if resume is not None else 0
+        if start_epoch >= a.epochs:
+            parser.error(f"--epochs: the checkpoint already completed {start_epoch} epoch(s); "
+                         f"ask for more than {start_epoch} to continue")
+        train_loader, data_start = _build_train_loader(a, ctx, mix, start_epoch, resume, log)
+        if train_loader.classes != a.classes:
+            raise RuntimeError(f"class folders changed while listing {a.data}/train")
+        if a.mixup_off_epoch is not None and train_loader.schedule is not None:
+            train_loader.set_mix(False, from_epoch=a.mixup_off_epoch)  # the pipeline is not rebuilt
+        val_pipe = val_pipeline(os.path.join(a.data, "val"), batch_size=a.val_batch_size or a.batch_size,
+                                crop=a.crop, resize=a.val_resize, device=a.device, num_threads=a.threads,
+                                shard_id=ctx.rank, num_shards=ctx.world_size,
+                                device_id=ctx.local_rank if a.device == "gpu" else None,
+                                channels_last=a.channels_last)
+        _truncate(val_pipe, a.max_val_steps)
+        val_loader = DaliLoader(val_pipe)
+
+        net = torchvision.models.get_model(a.arch, num_classes=num_classes)
+        if resume is not None:
+            try:
+                net.load_state_dict(resume["model"])
+            except RuntimeError as exc:
+                parser.error(f"--resume: the checkpoint does not fit --arch {a.arch} with {num_classes} classes: "
+                             f"{str(exc).splitlines()[0]}")
+        if a.sync_bn and ctx.distributed:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = net.to(ctx.device)
+        if a.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+
+        model: torch.nn.Module = net
+        manifold = a.manifold_mixup_alpha > 0
+        if manifold:
+            layers = [s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None
+            try:
+                model = ManifoldMixup(net, alpha=a.manifold_mixup_alpha, layers=layers,
+                                      include_input=not a.manifold_no_input, num_classes=num_classes)
+            except (ValueError, TypeError) as exc:
+                parser.error(f"--manifold-layers: {exc}")
+        if ctx.distributed:
+            model = DDP(model, device_ids=[ctx.local_rank] if a.device == "gpu" else None)
+
+        optimizer = torch.optim.SGD(engine.param_groups(net, a.weight_decay, a.decay_norm_bias), lr=a.lr,
+                                    momentum=a.momentum, nesterov=not a.no_nesterov and a.momentum > 0)
+        steps = len(train_loader)
+        scheduler = engine.warmup_cosine(optimizer, total_steps=a.epochs * steps,
+                                         warmup_steps=int(round(a.warmup_epochs * steps)),
+                                         min_lr_ratio=a.min_lr / a.lr)
+        use_scaler = a.amp and a.device == "gpu"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if a.device == "gpu" else None
+        amp_dtype = (torch.float16 if a.device == "gpu" else torch.bfloat16) if a.amp else None
+
+        state = engine.TrainState()
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            if resume.get("scheduler") is not None:
+                sched = dict(resume["scheduler"])
+                sched.pop("lr_lambdas", None)  # the schedule's shape comes from this run's flags
+                scheduler.load_state_dict(sched)
+            if scaler is not None and resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
+            rngs = resume.get("rng") or []
+            if len(rngs) == ctx.world_size:
+                engine.set_rng_state(rngs[ctx.rank])
+            elif main_rank:
+                warnings.warn(f"--resume: the checkpoint has RNG states of {len(rngs)} rank(s), this run has "
+                              f"{ctx.world_size}; model-side random draws will differ")
+            state = engine.TrainState(epoch=start_epoch, history=list(resume.get("history", [])),
+                                      best_top1=resume.get("best_top1", -1.0), best_top5=resume.get("best_top5", -1.0),
+                                      best_epoch=resume.get("best_epoch", -1), wall_time=resume.get("wall_time", 0.0))
+            log(f"resumed from {a.resume}: epoch {start_epoch + 1} of {a.epochs}")
+
+        n_train = len(train_loader.source.files)
+        n_val = len(val_loader.source.files)
+        log(f"{a.arch}: {num_classes} classes, {n_train} train / {n_val} val images, {ctx.world_size} rank(s) on "
+            f"{a.device}, {steps} steps/epoch of {a.batch_size} per rank; mixing: "
+            f"{'in-loader ' + repr(mix) if mix else 'none in the loader'}"
+            f"{f', manifold mixup alpha={a.manifold_mixup_alpha} at {model_layers(model)}' if manifold else ''}")
+        args_record = {k: _jsonable(v) for k, v in vars(a).items() if k != "classes"}
+        run_info = {"arch": a.arch, "num_classes": num_classes, "train_images": n_train, "val_images": n_val,
+                    "steps_per_epoch": steps, "global_batch_size": a.batch_size * ctx.world_size,
+                    "num_params": sum(p.numel() for p in net.parameters()), "args": args_record}
+        recorder = engine.SeenRecorder() if a.dump_seen else None
+        epochs_this_run = a.stop_at_epoch if a.stop_at_epoch is not None else a.epochs
+        cfg = engine.FitConfig(
+            epochs=a.epochs, output=a.output, amp_dtype=amp_dtype, manifold=manifold,
+            manifold_off_epoch=a.mixup_off_epoch, max_grad_norm=a.clip_grad, progress=not a.no_progress,
+            print_freq=a.print_freq, run_info=run_info, data_start_epoch=data_start,
+            plot_title=f"{a.arch} on {os.path.basename(os.path.normpath(a.data))}", recorder=recorder,
+            recorder_path=os.path.join(a.dump_seen, f"rank{ctx.rank}_seen.json") if a.dump_seen else None,
+            stop_epoch=epochs_this_run)
+        t0 = time.perf_counter()
+        summary = engine.fit(model, train_loader, val_loader, optimizer, ctx=ctx, cfg=cfg, scheduler=scheduler,
+                             scaler=scaler, state=state, log=log)
+        if main_rank:
+            log(f"done in {time.perf_counter() - t0:.1f}s: val top-1 {_pct(summary.get('final_val_top1'))} "
+                f"(best {_pct(summary.get('best_val_top1'))}), top-5 {_pct(summary.get('final_val_top5'))}, "
+                f"{_num(summary.get('images_per_sec'))} img/s" + (f"; outputs in {a.output}" if a.output else ""))
+        return 0
+    except Exception as exc:
+        if ctx.distributed:
+            print(f"[rank {ctx.rank}/{ctx.world_size}] training failed: {type(exc).__name__}: {exc}\n"
+                  f"  (when a peer rank died or hangs, collectives fail after --dist-timeout={a.dist_timeout} min; "
+                  f"torchrun stops the other workers)", file=sys.stderr, flush=True)
+        raise
+    finally:
+        ctx.close()
+
+
+def model_layers(model: Any) -> list[str]:
+    return list(getattr(model, "eligible_layers", []))
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.2f}%"
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
