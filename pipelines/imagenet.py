@@ -72,8 +72,8 @@ def _seeds(seed: Optional[int], shard_id: int, num_shards: int) -> tuple[int, in
     return int(seed), (int(seed) * 1_000_003 + shard_id * 7919 + 1) % (2 ** 31)
 
 
-def _normalize(images: Any, *, crop: Optional[int], mirror: Any, dtype: str, layout: str,
-               mean: Sequence[float], std: Sequence[float]) -> Any:
+def normalize_images(images: Any, *, crop: Optional[int], mirror: Any, dtype: str, layout: str,
+                     mean: Sequence[float], std: Sequence[float]) -> Any:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     return fn.crop_mirror_normalize(
@@ -162,7 +162,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
         else:
             targets = labels.gpu() if device == "gpu" else labels
         mirror = fn.random.coin_flip(probability=flip_prob) if flip_prob > 0 else 0
-        images = _normalize(images, crop=None, mirror=mirror, dtype=dtype, layout=layout, mean=mean, std=std)
+        images = normalize_images(images, crop=None, mirror=mirror, dtype=dtype, layout=layout, mean=mean, std=std)
         if erasing.prob > 0:
             images = erasing_ops.random_erasing(images, erasing, layout=layout)
         return images, targets
@@ -206,7 +206,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
                                            dtype=[types.UINT8, types.INT32])
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
         images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_LINEAR, antialias=antialias)
-        images = _normalize(images, crop=crop, mirror=0, dtype=dtype, layout=layout, mean=mean, std=std)
+        images = normalize_images(images, crop=crop, mirror=0, dtype=dtype, layout=layout, mean=mean, std=std)
         return images, (labels.gpu() if device == "gpu" else labels)
 
     pipe = graph()

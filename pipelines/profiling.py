@@ -13,6 +13,7 @@ from dalimix.config import MixConfig
 from dalimix.dataset import scan_folder
 from dalimix.ops.mix import mix as mix_images
 from dalimix.source import FileSource
+from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 STAGES = ("read", "decode", "resize", "normalize", "mix")
 
@@ -33,19 +34,19 @@ def stage_pipeline(data_dir: str | os.PathLike, stage: str, *, batch_size: int, 
         data, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
                                           dtype=[types.UINT8, types.INT32])
         if stage == "read":
-            return labels
+            return data, labels
         images = fn.decoders.image_random_crop(data, device="cpu" if device == "cpu" else "mixed",
                                                output_type=types.RGB)
         if stage == "decode":
-            return images
+            return images, labels
         images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR, antialias=False)
         if stage == "resize":
-            return images
+            return images, labels
         if stage == "mix":
             images, _ = mix_images(images, labels, cfg, layout="HWC")
-        return fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if dtype == "float16" else types.FLOAT,
-                                        output_layout="CHW", mean=[124, 116, 104], std=[58, 57, 57],
-                                        mirror=fn.random.coin_flip())
+        images = normalize_images(images, crop=None, mirror=fn.random.coin_flip(), dtype=dtype, layout="CHW",
+                                  mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return images, labels
 
     pipe = graph()
     pipe.dalimix_source = source
