@@ -72,7 +72,7 @@ class FileSource:
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
         if self.drop_last:
             total = self.samples_per_shard * self.num_shards
-            order = np.concatenate([order, order[: total - n]]) if total > n else order
+            order = np.resize(order, total)  # repeats the order cyclically up to a multiple of num_shards
             idx = order[self.shard_id::self.num_shards]
         else:
             lo, hi = self._range(self.shard_id)
