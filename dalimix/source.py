@@ -13,6 +13,7 @@ is a stateless function of (epoch, iteration), as DALI's `external_source` wants
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ class FileSource:
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
-                 start_epoch: int = 0):
+                 start_epoch: int = 0, read_ahead: int = 2):
         if len(files) != len(labels):
             raise ValueError(f"files ({len(files)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
@@ -56,7 +57,10 @@ class FileSource:
         # Val shards may hold one batch fewer than the longest; the loader pads those with empty batches.
         self.own_batches = (self.batches_per_epoch if drop_last
                             else math.ceil(self.samples_per_shard / batch_size))
-        self._cached: tuple[int, np.ndarray] | None = None
+        self._orders: dict[int, np.ndarray] = {}
+        self.read_ahead = int(read_ahead)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[tuple[int, int], Future] = {}
 
     def _range(self, shard: int) -> tuple[int, int]:
         n = len(self.files)
@@ -64,8 +68,9 @@ class FileSource:
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """Indices into `files` that this shard reads in `epoch`, in order."""
-        if self._cached is not None and self._cached[0] == epoch:
-            return self._cached[1]
+        cached = self._orders.get(epoch)
+        if cached is not None:
+            return cached
         n = len(self.files)
         order = np.arange(n)
         if self.shuffle:
@@ -77,7 +82,8 @@ class FileSource:
         else:
             lo, hi = self._range(self.shard_id)
             idx = order[lo:hi]
-        self._cached = (epoch, idx)
+        self._orders = {e: v for e, v in self._orders.items() if abs(e - epoch) <= 1}  # this and next epoch
+        self._orders[epoch] = idx
         return idx
 
     def batch_indices(self, epoch: int, iteration: int) -> np.ndarray:
@@ -92,10 +98,35 @@ class FileSource:
         """The dataset epoch of a DALI `BatchInfo` (DALI counts from 0 at pipeline build)."""
         return self.start_epoch + int(info.epoch_idx)
 
+    def _read(self, epoch: int, iteration: int) -> list[np.ndarray]:
+        return [np.fromfile(self.files[i], dtype=np.uint8) for i in self.batch_indices(epoch, iteration)]
+
+    def _next_key(self, epoch: int, iteration: int) -> tuple[int, int]:
+        return (epoch, iteration + 1) if iteration + 1 < self.own_batches else (epoch + 1, 0)
+
     def __call__(self, info: Any) -> tuple[list[np.ndarray], np.ndarray]:
         epoch = self.epoch_of(info)
         it = int(info.iteration)
         if it >= self.own_batches:
             raise StopIteration
-        idx = self.batch_indices(epoch, it)
-        return [np.fromfile(self.files[i], dtype=np.uint8) for i in idx], self.labels[idx]
+        labels = self.labels[self.batch_indices(epoch, it)]
+        if self.read_ahead <= 0:
+            return self._read(epoch, it), labels
+        # Reading releases the GIL: a thread fetches the next batches' bytes while DALI decodes this one.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dalimix-read")
+        key = (epoch, it)
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            self._pending.clear()  # out of order (a reset or a resume): start afresh
+        ahead = key
+        for _ in range(self.read_ahead):
+            ahead = self._next_key(*ahead)
+            if ahead not in self._pending:
+                self._pending[ahead] = self._pool.submit(self._read, *ahead)
+        return (pending.result() if pending is not None else self._read(epoch, it)), labels
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_pool"], state["_pending"] = None, {}
+        return state
