@@ -50,7 +50,7 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(loc="upper right" if ax is ax_loss else "lower right")
         if epochs:
             ax.set_xlim(0.5, max(epochs) + 0.5)
             ax.xaxis.get_major_locator().set_params(integer=True)

@@ -314,19 +314,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         if start_epoch >= a.epochs:
             parser.error(f"--epochs: the checkpoint already completed {start_epoch} epoch(s); "
                          f"ask for more than {start_epoch} to continue")
-        train_loader, data_start = _build_train_loader(a, ctx, mix, start_epoch, resume, log)
-        if train_loader.classes != a.classes:
-            raise RuntimeError(f"class folders changed while listing {a.data}/train")
-        if a.mixup_off_epoch is not None and train_loader.schedule is not None:
-            train_loader.set_mix(False, from_epoch=a.mixup_off_epoch)  # the pipeline is not rebuilt
-        val_pipe = val_pipeline(os.path.join(a.data, "val"), batch_size=a.val_batch_size or a.batch_size,
-                                crop=a.crop, resize=a.val_resize, device=a.device, num_threads=a.threads,
-                                shard_id=ctx.rank, num_shards=ctx.world_size,
-                                device_id=ctx.local_rank if a.device == "gpu" else None,
-                                channels_last=a.channels_last)
-        _truncate(val_pipe, a.max_val_steps)
-        val_loader = DaliLoader(val_pipe)
-
         net = torchvision.models.get_model(a.arch, num_classes=num_classes)
         if resume is not None:
             try:
@@ -349,6 +336,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                                       include_input=not a.manifold_no_input, num_classes=num_classes)
             except (ValueError, TypeError) as exc:
                 parser.error(f"--manifold-layers: {exc}")
+
+        try:
+            train_loader, data_start = _build_train_loader(a, ctx, mix, start_epoch, resume, log)
+            if train_loader.classes != a.classes:
+                raise RuntimeError(f"class folders changed while listing {a.data}/train")
+            if a.mixup_off_epoch is not None and train_loader.schedule is not None:
+                train_loader.set_mix(False, from_epoch=a.mixup_off_epoch)  # the pipeline is not rebuilt
+            val_pipe = val_pipeline(os.path.join(a.data, "val"), batch_size=a.val_batch_size or a.batch_size,
+                                    crop=a.crop, resize=a.val_resize, device=a.device, num_threads=a.threads,
+                                    shard_id=ctx.rank, num_shards=ctx.world_size,
+                                    device_id=ctx.local_rank if a.device == "gpu" else None,
+                                    channels_last=a.channels_last)
+            _truncate(val_pipe, a.max_val_steps)
+            val_loader = DaliLoader(val_pipe)
+        except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+            # Dataset and pipeline problems are the user's settings: argparse errors naming the flag.
+            msg = str(exc)
+            flag = ("--batch-size" if "batch_size" in msg else "--re-prob/--re-mode/--re-count" if "re_" in msg
+                    else "--data")
+            parser.error(f"{flag}: {msg}")
+        mix_layers = list(getattr(model, "eligible_layers", []))
         if ctx.distributed:
             model = DDP(model, device_ids=[ctx.local_rank] if a.device == "gpu" else None)
 
@@ -367,7 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             optimizer.load_state_dict(resume["optimizer"])
             if resume.get("scheduler") is not None:
                 sched = dict(resume["scheduler"])
-                sched.pop("lr_lambdas", None)  # the schedule's shape comes from this run's flags
+                # The schedule's shape (total and warmup steps) comes from this run's flags, its position from
+                # the checkpoint.
+                sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
                 scheduler.load_state_dict(sched)
             if scaler is not None and resume.get("scaler"):
                 scaler.load_state_dict(resume["scaler"])
@@ -387,7 +397,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"{a.arch}: {num_classes} classes, {n_train} train / {n_val} val images, {ctx.world_size} rank(s) on "
             f"{a.device}, {steps} steps/epoch of {a.batch_size} per rank; mixing: "
             f"{'in-loader ' + repr(mix) if mix else 'none in the loader'}"
-            f"{f', manifold mixup alpha={a.manifold_mixup_alpha} at {model_layers(model)}' if manifold else ''}")
+            f"{f', manifold mixup alpha={a.manifold_mixup_alpha} at {mix_layers}' if manifold else ''}")
         args_record = {k: _jsonable(v) for k, v in vars(a).items() if k != "classes"}
         run_info = {"arch": a.arch, "num_classes": num_classes, "train_images": n_train, "val_images": n_val,
                     "steps_per_epoch": steps, "global_batch_size": a.batch_size * ctx.world_size,
@@ -398,7 +408,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             epochs=a.epochs, output=a.output, amp_dtype=amp_dtype, manifold=manifold,
             manifold_off_epoch=a.mixup_off_epoch, max_grad_norm=a.clip_grad, progress=not a.no_progress,
             print_freq=a.print_freq, run_info=run_info, data_start_epoch=data_start,
-            plot_title=f"{a.arch} on {os.path.basename(os.path.normpath(a.data))}", recorder=recorder,
+            plot_title=f"{a.arch} on {os.path.join(*os.path.abspath(a.data).split(os.sep)[-2:])}", recorder=recorder,
             recorder_path=os.path.join(a.dump_seen, f"rank{ctx.rank}_seen.json") if a.dump_seen else None,
             stop_epoch=epochs_this_run)
         t0 = time.perf_counter()
@@ -417,10 +427,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise
     finally:
         ctx.close()
-
-
-def model_layers(model: Any) -> list[str]:
-    return list(getattr(model, "eligible_layers", []))
 
 
 def _pct(v: Any) -> str:
