@@ -7,15 +7,15 @@ targets are mixed with the same ``lam`` and ``perm``. The rest of the network ru
 representation, which flattens class representations and smooths decision boundaries.
 
 The wrapper touches nothing at rest: a forward hook is attached to the drawn layer for one forward pass
-only and is removed in a ``finally`` block, so evaluation (or a call without targets) is exactly the
-wrapped model.
+only and is removed in a ``finally`` block (under torch.compile, inactive hooks stay instead, see
+:class:`ManifoldMixup`), so evaluation, or a call without targets, is exactly the wrapped model.
 """
 from __future__ import annotations
 
 import difflib
 import math
 import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,8 @@ class ManifoldMixup(nn.Module):
 
     Randomness comes from torch (``generator`` when given, else the global CPU generator), so
     ``torch.manual_seed`` makes the draws reproducible. The last draw is kept in :attr:`last_layer`,
-    :attr:`last_lam` and :attr:`last_perm` for logging and tests.
+    :attr:`last_lam` and :attr:`last_perm` for logging and tests. The wrapper has no state of its own:
+    save ``wrapped.model.state_dict()`` for checkpoints that load into the plain model.
 
     Distributed training: wrap the model first, then DDP, i.e. ``DDP(ManifoldMixup(model))`` (pass
     ``device_ids`` as usual), so that DDP sees the whole mixed forward and reduces gradients of every
@@ -196,6 +197,7 @@ class ManifoldMixup(nn.Module):
         g = self.generator
         n = len(self.eligible_layers)
         index = int(torch.randint(n, (1,), generator=g)) if n > 1 else 0
+        # What torch.distributions.Beta samples with, but taking a generator.
         lam = float(torch._sample_dirichlet(self._concentration, generator=g)[0])
         if not math.isfinite(lam):  # both gamma draws underflowed (tiny alpha): the alpha -> 0 limit
             lam = float(torch.rand((), generator=g) < 0.5)
@@ -204,8 +206,11 @@ class ManifoldMixup(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: Tensor, targets: Optional[Tensor] = None) -> Any:
-        """Train mode with targets: ``(logits, mixed_targets)``; otherwise exactly ``model(x)``."""
-        if not self.training or targets is None:
+        """Train mode with targets: ``(logits, mixed_targets)``; otherwise exactly ``model(x)``.
+
+        Mixing happens only when both the wrapper and the wrapped model are in train mode.
+        """
+        if not (self.training and self.model.training) or targets is None:
             return self.model(x)
         # The bookkeeping runs eagerly (dynamo-disabled helpers): under torch.compile the drawn lam and
         # permutation reach the graph as tensors and never become guarded constants.
@@ -365,4 +370,26 @@ def _check_targets(targets: Tensor, batch: int, num_classes: Optional[int]) -> N
 
 def _mix(t: Tensor, perm: Tensor, lam: float) -> Tensor:
     """``lam * t + (1 - lam) * t[perm]`` in ``t``'s dtype and memory format (one gather, one lerp)."""
+    if t.requires_grad and torch.is_grad_enabled():
+        return _MixBatch.apply(t, perm, lam)
     return t.lerp(t[perm], 1.0 - lam)
+
+
+class _MixBatch(torch.autograd.Function):
+    """The mix with a cheap backward.
+
+    Autograd's backward of ``t[perm]`` is an accumulating scatter (``index_put_``), several times slower
+    than the forward on CPU. For a permutation the scatter is a gather by the inverse permutation, so
+    ``grad_t = lam * g + (1 - lam) * g[argsort(perm)]``: the same gather + lerp as the forward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, perm: Tensor, lam: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(perm)
+        ctx.lam = lam
+        return t.lerp(t[perm], 1.0 - lam)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], None, None]:  # type: ignore[override]
+        (perm,) = ctx.saved_tensors
+        return grad.lerp(grad[torch.argsort(perm)], 1.0 - ctx.lam), None, None
