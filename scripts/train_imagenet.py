@@ -187,6 +187,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--data: train/ and val/ must hold the same class folders (labels follow sorted names); "
                 f"they differ in {missing}")
     a.classes = classes
+    a.data = os.path.abspath(a.data)  # recorded in checkpoints: the same folder however it was spelled
 
 
 def _class_folders(path: str) -> list[str]:
@@ -201,7 +202,7 @@ _DATA_KEYS = ("data", "device", "batch_size", "crop", "seed", "mixup_alpha", "cu
 
 
 def _build_train_loader(a: argparse.Namespace, ctx: Any, mix: Any, start_epoch: int,
-                        resume: Optional[dict], log) -> tuple[Any, int]:
+                        resume: Optional[dict]) -> tuple[Any, int]:
     """The train DaliLoader positioned at `start_epoch`; (loader, data_start_epoch for checkpoints)."""
     from dalimix import DaliLoader
     from dalimix.engine import restore_dali_checkpoint
@@ -219,8 +220,11 @@ def _build_train_loader(a: argparse.Namespace, ctx: Any, mix: Any, start_epoch: 
             kw["checkpoint"] = checkpoint
         pipe = train_pipeline(os.path.join(a.data, "train"), **kw)
         _truncate(pipe, a.max_steps_per_epoch)
-        if checkpoint is not None and not takes_checkpoint:
-            restore_dali_checkpoint(pipe, checkpoint)
+        if checkpoint is not None:
+            if takes_checkpoint:
+                pipe.build()  # restores the state now, so that a bad checkpoint fails here, not mid-epoch
+            else:
+                restore_dali_checkpoint(pipe, checkpoint)
         return pipe
 
     why = None
@@ -314,7 +318,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         if start_epoch >= a.epochs:
             parser.error(f"--epochs: the checkpoint already completed {start_epoch} epoch(s); "
                          f"ask for more than {start_epoch} to continue")
-        net = torchvision.models.get_model(a.arch, num_classes=num_classes)
+        model_kwargs: dict[str, Any] = {"num_classes": num_classes}
+        if a.arch.startswith("vit_"):
+            model_kwargs["image_size"] = a.crop  # ViTs are built for one input size
+        try:
+            net = torchvision.models.get_model(a.arch, **model_kwargs)
+        except (ValueError, TypeError) as exc:
+            parser.error(f"--arch: cannot build {a.arch} with {model_kwargs}: {exc}")
         if resume is not None:
             try:
                 net.load_state_dict(resume["model"])
@@ -335,10 +345,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 model = ManifoldMixup(net, alpha=a.manifold_mixup_alpha, layers=layers,
                                       include_input=not a.manifold_no_input, num_classes=num_classes)
             except (ValueError, TypeError) as exc:
+                if layers is None:
+                    names = [n for n, _ in net.named_modules() if n and n.count(".") <= 1][:12]
+                    parser.error(f"--manifold-mixup-alpha: {a.arch} has no default mixing layers (residual "
+                                 f"stages); name some with --manifold-layers, e.g. from {names}")
                 parser.error(f"--manifold-layers: {exc}")
 
         try:
-            train_loader, data_start = _build_train_loader(a, ctx, mix, start_epoch, resume, log)
+            train_loader, data_start = _build_train_loader(a, ctx, mix, start_epoch, resume)
             if train_loader.classes != a.classes:
                 raise RuntimeError(f"class folders changed while listing {a.data}/train")
             if a.mixup_off_epoch is not None and train_loader.schedule is not None:
