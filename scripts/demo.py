@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="dataset with train/ and val/ (default: OUT/data, drawn if missing)")
     p.add_argument("--train-per-class", type=int, default=60, help="images per class drawn for train/ (default 60)")
     p.add_argument("--val-per-class", type=int, default=20, help="images per class drawn for val/ (default 20)")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--crop", type=int, default=64, help="crop size (default 64)")
-    p.add_argument("--threads", type=int, default=2, help="DALI threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="DALI threads (default 1; torch gets the remaining cores)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="default cpu")
     a = p.parse_args(argv)
     for flag, value in (("--train-per-class", a.train_per_class), ("--val-per-class", a.val_per_class),
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.join(a.out, "train")
     cmd = [sys.executable, os.path.join(HERE, "train_imagenet.py"), "--data", data, "--arch", "resnet18",
            "--device", a.device, "--threads", str(a.threads), "--epochs", str(a.epochs),
-           "--batch-size", str(a.batch_size), "--crop", str(a.crop), "--lr", "0.1", "--warmup-epochs", "1",
+           "--batch-size", str(a.batch_size), "--crop", str(a.crop), "--lr", "0.05", "--warmup-epochs", "1",
            "--weight-decay", "5e-4", "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--switch-prob", "0.5",
            "--label-smoothing", "0.1", "--manifold-mixup-alpha", "2.0", "--manifold-layers", "layer1,layer2",
            "--mixup-off-epoch", str(max(1, a.epochs - 2)), "--seed", "0", "--output", out, *extra]

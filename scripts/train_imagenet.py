@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
                    help="where DALI decodes/augments and the model trains (default gpu)")
     g.add_argument("--threads", type=int, default=4, help="DALI CPU threads per rank (default 4)")
+    g.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads (default on --device cpu: CPU cores minus --threads, at least 1, "
+                        "unless OMP_NUM_THREADS is set; oversubscribed cores slow CPU training down many times)")
     g.add_argument("--batch-size", type=int, default=256, help="train batch size per rank (default 256)")
     g.add_argument("--val-batch-size", type=int, default=None, help="val batch size per rank (default --batch-size)")
     g.add_argument("--channels-last", action="store_true", help="NHWC images and model (faster with AMP on GPU)")
@@ -134,6 +137,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         a.val_resize = int(round(a.crop / 0.875))
     need(a.val_resize >= a.crop, "--val-resize", f"must be >= --crop ({a.crop}), got {a.val_resize}")
     need(a.threads >= 1, "--threads", f"must be >= 1, got {a.threads}")
+    need(a.torch_threads is None or a.torch_threads >= 1, "--torch-threads", f"must be >= 1, got {a.torch_threads}")
     need(a.lr > 0, "--lr", f"must be > 0, got {a.lr}")
     need(0 <= a.min_lr <= a.lr, "--min-lr", f"must be in [0, --lr], got {a.min_lr}")
     need(0 <= a.momentum < 1, "--momentum", f"must be in [0, 1), got {a.momentum}")
@@ -302,6 +306,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         random.seed(a.seed + ctx.rank)
         np.random.seed(a.seed + ctx.rank)
         torch.manual_seed(a.seed + ctx.rank)
+        if a.torch_threads is not None:
+            torch.set_num_threads(a.torch_threads)
+        elif a.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            torch.set_num_threads(max(1, cores // ctx.world_size - a.threads))
         if a.device == "gpu":
             torch.backends.cudnn.benchmark = not a.deterministic
             torch.backends.cudnn.deterministic = a.deterministic
