@@ -368,11 +368,17 @@ def _check_targets(targets: Tensor, batch: int, num_classes: Optional[int]) -> N
         raise ValueError(f"ManifoldMixup: targets hold {targets.shape[0]} samples but x holds {batch}")
 
 
+def _gather(t: Tensor, perm: Tensor) -> Tensor:
+    """``t[perm]``: index_select (several times faster on CPU) where the layout allows, else indexing,
+    which keeps channels_last and other dense layouts that index_select would make contiguous."""
+    return t.index_select(0, perm) if t.is_contiguous() else t[perm]
+
+
 def _mix(t: Tensor, perm: Tensor, lam: float) -> Tensor:
     """``lam * t + (1 - lam) * t[perm]`` in ``t``'s dtype and memory format (one gather, one lerp)."""
     if t.requires_grad and torch.is_grad_enabled():
         return _MixBatch.apply(t, perm, lam)
-    return t.lerp(t[perm], 1.0 - lam)
+    return t.lerp(_gather(t, perm), 1.0 - lam)
 
 
 class _MixBatch(torch.autograd.Function):
@@ -387,9 +393,9 @@ class _MixBatch(torch.autograd.Function):
     def forward(ctx: Any, t: Tensor, perm: Tensor, lam: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(perm)
         ctx.lam = lam
-        return t.lerp(t[perm], 1.0 - lam)
+        return t.lerp(_gather(t, perm), 1.0 - lam)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], None, None]:  # type: ignore[override]
         (perm,) = ctx.saved_tensors
-        return grad.lerp(grad[torch.argsort(perm)], 1.0 - ctx.lam), None, None
+        return grad.lerp(_gather(grad, torch.argsort(perm)), 1.0 - ctx.lam), None, None

@@ -2,10 +2,12 @@
 
 One training step = forward + loss + backward + SGD step. The plain model trains with
 ``F.cross_entropy`` on int labels (what users run without the wrapper); the wrapped one with
-``SoftTargetCrossEntropy`` on the mixed targets it returns. Both use the same input batch and the same
-seed for every timed block; the order alternates between repeats so that drift on a shared machine hits
-both alike. The summary is the median over repeats, the median of the per-repeat ratios, and the ratio
-of the fastest blocks (on a shared, busy machine the minimum is the least disturbed estimate).
+``SoftTargetCrossEntropy`` on the mixed targets it returns. Both use the same input batch, the same
+initial weights and the same seed in every repeat; their steps alternate one by one (ABBA order), so
+drift on a shared machine hits both alike. Every step is timed on its own and summarised by quantiles,
+which a busy machine's stalls (a descheduled OpenMP thread costs whole scheduler ticks) move far less
+than means: per repeat the median step of each variant and their ratio, then over all steps the median
+and the lower quantiles (the least disturbed steps).
 
     python scripts/bench_manifold.py --batch-size 32 --size 64 --steps 30 --warmup 5 --repeats 5
 """
@@ -62,15 +64,25 @@ def make_step(model: torch.nn.Module, wrapped: bool, x: torch.Tensor, y: torch.T
     return step
 
 
-def time_block(step: Callable[[], None], steps: int, warmup: int, seed: int) -> float:
-    """Mean seconds per step over ``steps`` steps, after ``warmup`` untimed ones."""
+def time_repeat(steps: dict[str, Callable[[], None]], n: int, warmup: int, seed: int) -> dict[str, list[float]]:
+    """Seconds of each step: ``warmup`` untimed steps of each variant, then ``n`` timed steps of each,
+    interleaved step by step in ABBA order so that drift and position hit both variants alike."""
+    names = list(steps)
     torch.manual_seed(seed)
     for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(n):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
@@ -91,23 +103,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-18 ({args.num_classes} classes), "
           f"batch {args.batch_size}, {args.size}x{args.size}, {'channels_last' if args.channels_last else 'NCHW'}, "
           f"layers {wrapped.eligible_layers}, alpha {args.alpha}")
-    print(f"{args.repeats} repeats x {args.steps} timed steps (+{args.warmup} warm-up), order alternating")
-    print(f"{'repeat':>6} {'plain ms':>10} {'wrapped ms':>11} {'ratio':>7}")
-    times: dict[str, list[float]] = {"plain": [], "wrapped": []}
+    print(f"{args.repeats} repeats x {args.steps} timed steps per variant (+{args.warmup} warm-up), "
+          f"interleaved step by step (ABBA)")
+    print(f"{'repeat':>6} {'plain ms':>10} {'wrapped ms':>11} {'ratio':>7}   (median step time)")
+    all_steps: dict[str, list[float]] = {"plain": [], "wrapped": []}
+    ratios = []
     for r in range(args.repeats):
-        order = ("plain", "wrapped") if r % 2 == 0 else ("wrapped", "plain")
-        for name in order:
-            times[name].append(time_block(steps[name], args.steps, args.warmup, args.seed + r))
-        p, w = times["plain"][-1], times["wrapped"][-1]
+        times = time_repeat(steps, args.steps, args.warmup, args.seed + r)
+        p, w = statistics.median(times["plain"]), statistics.median(times["wrapped"])
+        ratios.append(w / p)
+        for name in all_steps:
+            all_steps[name] += times[name]
         print(f"{r:>6} {p * 1e3:>10.2f} {w * 1e3:>11.2f} {w / p:>7.3f}")
-    p_med, w_med = statistics.median(times["plain"]), statistics.median(times["wrapped"])
-    paired = statistics.median(w / p for w, p in zip(times["wrapped"], times["plain"]))
-    p_min, w_min = min(times["plain"]), min(times["wrapped"])
-    print(f"{'median':>6} {p_med * 1e3:>10.2f} {w_med * 1e3:>11.2f} {w_med / p_med:>7.3f}")
-    print(f"{'min':>6} {p_min * 1e3:>10.2f} {w_min * 1e3:>11.2f} {w_min / p_min:>7.3f}")
-    print(f"wrapped/plain: {w_med / p_med:.3f} (ratio of medians), {paired:.3f} (median of per-repeat ratios), "
-          f"{w_min / p_min:.3f} (ratio of minima, the least disturbed blocks); "
-          f"overhead {100 * (w_med / p_med - 1):+.1f}% by medians")
+    rows = {"median": 0.5, "q25": 0.25, "q10": 0.10}
+    for label, q in rows.items():
+        p, w = quantile(all_steps["plain"], q), quantile(all_steps["wrapped"], q)
+        print(f"{label:>6} {p * 1e3:>10.2f} {w * 1e3:>11.2f} {w / p:>7.3f}   (all {len(all_steps['plain'])} steps)")
+    p_med, w_med = quantile(all_steps["plain"], 0.5), quantile(all_steps["wrapped"], 0.5)
+    print(f"wrapped/plain: {w_med / p_med:.3f} (median step), {statistics.median(ratios):.3f} (median of "
+          f"per-repeat ratios); overhead {100 * (w_med / p_med - 1):+.1f}%")
 
 
 if __name__ == "__main__":

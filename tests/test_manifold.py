@@ -311,6 +311,10 @@ def test_channels_last_is_preserved(layers, include_input, probe):
     torch.manual_seed(5)
     ref, _ = plain(x.contiguous(), y)
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+    logits.sum().backward()
+    ref.sum().backward()
+    grad, ref_grad = model.conv1.weight.grad, plain.model.conv1.weight.grad
+    torch.testing.assert_close(grad, ref_grad, atol=1e-3 * ref_grad.abs().max().item(), rtol=1e-3)
 
 
 # -- failure modes ----------------------------------------------------------------------------------
