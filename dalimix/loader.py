@@ -77,6 +77,13 @@ class DaliLoader:
                 self._iterator = DALIGenericIterator(self.pipeline, self.output_map, **kwargs)
         return self._iterator
 
+    def checkpoint(self) -> bytes:
+        """The pipeline's DALI state after the batches yielded so far (prefetching accounted for), to pass
+        as `train_pipeline(checkpoint=...)` when resuming. Needs a pipeline built with checkpointing."""
+        if not getattr(self.pipeline, "_enable_checkpointing", False):
+            raise ValueError("this pipeline was built without enable_checkpointing=True")
+        return self._get_iterator().checkpoints()[0]
+
     def set_mix(self, enabled: bool, from_epoch: Optional[int] = None) -> None:
         """Turn in-pipeline mixing on or off from `from_epoch` (default: the next epoch not yet started)."""
         if self.schedule is None:

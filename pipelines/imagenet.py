@@ -102,7 +102,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    antialias: bool = False, re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1,
                    mix_off_epoch: Optional[int] = None, start_epoch: int = 0, verify_files: bool = True,
-                   classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int = 2) -> Any:
+                   classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int = 2,
+                   checkpoint: Optional[bytes] = None) -> Any:
     """The ImageNet training pipeline, outputs `("images", "targets")`.
 
     Decode is fused with the random-resized crop (`scale`, `ratio`), then resize to `crop`, optional
@@ -110,6 +111,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     optional random erasing. Each epoch is a seeded shuffle, sharded so every shard yields the same number
     of full batches; the last partial batch is dropped. `mix_off_epoch` turns mixing off from that epoch
     on (the schedule is a per-iteration input: `pipe.dalimix_schedule` can change it between epochs).
+    `checkpoint` (from `DaliLoader.checkpoint()`) restores the augmentation state of a run; keep the
+    `start_epoch` that run was built with, as DALI restores the epoch count itself.
     """
     batch_size = _positive_int("batch_size", batch_size)
     crop = _positive_int("crop", crop)
@@ -167,7 +170,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
             images = erasing_ops.random_erasing(images, erasing, layout=layout)
         return images, targets
 
-    pipe = graph()
+    pipe = graph(checkpoint=checkpoint) if checkpoint is not None else graph()
     return _attach(pipe, source=source, dataset=dataset, outputs=("images", "targets"), last_batch="drop",
                    layout=layout, soft_targets=mix is not None and mix.soft_targets, schedule=schedule)
 
