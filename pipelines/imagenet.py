@@ -156,16 +156,23 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
             random_aspect_ratio=list(ratio), num_attempts=10)
         images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR,
                            antialias=antialias)
+        mirror = fn.random.coin_flip(probability=flip_prob) if flip_prob > 0 else None
+
+        def finish(branch: Any, take: Any) -> Any:
+            # Flip and normalise per branch, so mixup blends stay float (no rounding, no uint8 cast).
+            return normalize_images(branch, crop=None, mirror=take(mirror) if mirror is not None else 0,
+                                    dtype=dtype, layout=layout, mean=mean, std=std)
+
         if mix is not None and mix.mixing:
             enabled = fn.external_source(source=schedule, batch=True, batch_info=True, dtype=types.BOOL)
-            images, targets = mix_images(images, labels, mix, layout="HWC", enabled=enabled)
-        elif mix is not None and mix.soft_targets:
-            targets = smoothed_targets(labels, mix.num_classes, mix.label_smoothing)
-            targets = targets.gpu() if device == "gpu" else targets
+            images, targets = mix_images(images, labels, mix, layout="HWC", enabled=enabled, finish=finish)
         else:
-            targets = labels.gpu() if device == "gpu" else labels
-        mirror = fn.random.coin_flip(probability=flip_prob) if flip_prob > 0 else 0
-        images = normalize_images(images, crop=None, mirror=mirror, dtype=dtype, layout=layout, mean=mean, std=std)
+            images = finish(images, lambda node: node)
+            if mix is not None and mix.soft_targets:
+                targets = smoothed_targets(labels, mix.num_classes, mix.label_smoothing)
+                targets = targets.gpu() if device == "gpu" else targets
+            else:
+                targets = labels.gpu() if device == "gpu" else labels
         if erasing.prob > 0:
             images = erasing_ops.random_erasing(images, erasing, layout=layout)
         return images, targets

@@ -42,10 +42,16 @@ def stage_pipeline(data_dir: str | os.PathLike, stage: str, *, batch_size: int, 
         images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR, antialias=False)
         if stage == "resize":
             return images, labels
+        mirror = fn.random.coin_flip()
+
+        def finish(branch: Any, take: Any) -> Any:
+            return normalize_images(branch, crop=None, mirror=take(mirror), dtype=dtype, layout="CHW",
+                                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
         if stage == "mix":
-            images, _ = mix_images(images, labels, cfg, layout="HWC")
-        images = normalize_images(images, crop=None, mirror=fn.random.coin_flip(), dtype=dtype, layout="CHW",
-                                  mean=IMAGENET_MEAN, std=IMAGENET_STD)
+            images, _ = mix_images(images, labels, cfg, layout="HWC", finish=finish)
+        else:
+            images = finish(images, lambda node: node)
         return images, labels
 
     pipe = graph()

@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--epochs", type=float, default=None, help="epochs per measurement instead of seconds")
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds; the median is reported")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per contender")
-    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float32")
     p.add_argument("--arch", default="resnet50", help="model for the GPU step rate")
     p.add_argument("--no-stages", action="store_true", help="skip the stage breakdown")
     p.add_argument("--no-torchvision", action="store_true", help="skip the torchvision baselines")

@@ -238,3 +238,31 @@ def test_mix_on_gpu_keeps_everything_on_gpu():
         ts = [np.asarray(v) for v in targets.as_cpu()]
         for own, (img, t) in enumerate(zip(imgs, ts)):
             classify(img.astype(np.float64), t, own, 1e-3)
+
+
+def test_finish_runs_per_branch_and_keeps_uint8_mixup_unrounded():
+    cfg = MixConfig(mode="elem", num_classes=K, label_smoothing=0.0)
+    labels = np.arange(6) % K
+
+    def source(info):
+        return [np.full((6, 6, 3), VALUES[c], np.uint8) for c in labels], [np.array(c, np.int32) for c in labels]
+
+    @pipeline_def(batch_size=6, num_threads=2, device_id=None, seed=5)
+    def pipe():
+        x, y = fn.external_source(source, num_outputs=2, batch=True, batch_info=True, layout=["HWC", ""])
+        offset = fn.cast(y, dtype=types.FLOAT) * 0.0 + 0.25  # a per-sample node that `take` must split
+
+        def finish(branch, take):
+            return fn.cast(branch, dtype=types.FLOAT) + take(offset)
+        return mix(x, y, cfg, layout="HWC", finish=finish)
+
+    p = pipe()
+    p.build()
+    kinds = set()
+    for _ in range(10):
+        images, targets = p.run()
+        for own, (img, t) in enumerate(zip(images, targets)):
+            img = np.asarray(img, np.float64) - 0.25
+            assert np.asarray(img).dtype == np.float64
+            kinds.add(classify(img, np.asarray(t), labels[own], 1e-3))  # exact: no uint8 rounding
+    assert "mixup" in kinds

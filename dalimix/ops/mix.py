@@ -7,7 +7,7 @@ only the branch it drew (none, mixup or CutMix), so a batch pays only for the mi
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from nvidia.dali import fn, types
@@ -79,7 +79,8 @@ def _merge(true_part: DataNode, false_part: DataNode, predicate: DataNode) -> Da
 
 
 def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CHW",
-        enabled: DataNode | None = None, return_lam: bool = False):
+        enabled: DataNode | None = None, return_lam: bool = False,
+        finish: Callable[[DataNode, Callable[[DataNode], DataNode]], DataNode] | None = None):
     """Mix a batch of images in a DALI graph; return `(images, targets)` (and lam if asked).
 
     images: one shape per batch, float or uint8, CPU or GPU, `layout` "CHW" or "HWC".
@@ -88,6 +89,10 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     targets: float32 [num_classes] per sample, on the images' device, saying exactly how much of each
     class the output holds. Partners: sample i is mixed with sample n-1-i (see `mix_params.partners`).
     uint8 mixup rounds to the nearest value.
+
+    finish: optional `finish(images, take)` applied to each branch before the branches merge, e.g. flip and
+    normalisation; `take(node)` gives the branch's share of any per-sample node of the batch (such as a
+    flip coin). With it, mixup of uint8 images stays float until `finish` (no rounding, and no slow cast).
     """
     if not isinstance(config, MixConfig):
         raise ValueError(f"config must be a dalimix.MixConfig, got {type(config).__name__}")
@@ -96,6 +101,8 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     on_gpu = getattr(images, "device", "cpu") == "gpu"
 
     if not config.mixing:
+        if finish is not None:
+            images = finish(images, lambda node: node)
         targets = smoothed_targets(labels, config.num_classes, config.label_smoothing)
         targets = targets.gpu() if on_gpu else targets
         if return_lam:
@@ -125,7 +132,10 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     if on_gpu:
         mix_w = mix_w.gpu()
     blended = mix_x * mix_w + mix_p * (1.0 - mix_w)
-    blended = fn.cast_like(blended, mix_x)  # uint8 stays uint8 (DALI's cast rounds to nearest)
+    if finish is None:
+        blended = fn.cast_like(blended, mix_x)  # uint8 stays uint8 (DALI's cast rounds to nearest)
+    else:
+        blended = finish(blended, lambda node: _split(node, is_mixup)[0])
 
     # CutMix branch among the rest: paste the partner's box into the own image.
     _, rest_cut = _split(is_cutmix, is_mixup)
@@ -140,6 +150,8 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     pasted = _from_hwc(pasted, layout)
 
     rest = _merge(pasted, none_x, rest_cut)
+    if finish is not None:
+        rest = finish(rest, lambda node: _split(node, is_mixup)[1])
     out = _merge(blended, rest, is_mixup)
     targets = targets.gpu() if on_gpu else targets
     if return_lam:
