@@ -37,7 +37,7 @@ def run_mix(cfg: MixConfig, batch_sizes, *, layout="CHW", dtype=np.float32, hw=(
     for _ in range(iters or len(sizes)):
         images, targets, lam, labels = p.run()
         out.append((np.array([int(np.asarray(v)) for v in labels]), [np.asarray(v) for v in images],
-                    np.stack([np.asarray(v) for v in targets]), np.array([float(np.asarray(v)) for v in lam])))
+                    np.stack([np.asarray(v) for v in targets]), np.array([float(np.asarray(v).reshape(-1)[0]) for v in lam])))
     return out
 
 

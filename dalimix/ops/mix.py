@@ -23,7 +23,7 @@ LAYOUTS = ("CHW", "HWC")
 class _ParamStep:
     """The batch-processing python_function behind `mix` (a class so that it pickles and has a name)."""
 
-    NUM_OUTPUTS = 8
+    NUM_OUTPUTS = 7
 
     def __init__(self, cfg: MixConfig, layout: str):
         self.cfg = cfg
@@ -33,11 +33,12 @@ class _ParamStep:
         n = len(labels)
         if n == 0:
             return ([],) * self.NUM_OUTPUTS
-        shape = np.asarray(shapes[0]).reshape(-1)
-        for s in shapes[1:]:
-            if not np.array_equal(np.asarray(s).reshape(-1), shape):
-                raise ValueError(f"mix: images must share one shape per batch, got {shape.tolist()} and "
-                                 f"{np.asarray(s).reshape(-1).tolist()}")
+        all_shapes = as_batch(shapes).reshape(n, -1)
+        shape = all_shapes[0]
+        if not (all_shapes == shape).all():
+            other = all_shapes[(all_shapes != shape).any(axis=1)][0]
+            raise ValueError(f"mix: images must share one shape per batch, got {shape.tolist()} and "
+                             f"{other.tolist()}")
         if shape.size != 3:
             raise ValueError(f"mix: images must be 3-D ({self.layout}), got shape {shape.tolist()}")
         if self.layout == "CHW":
@@ -47,15 +48,21 @@ class _ParamStep:
         p = mix_params(self.cfg, as_batch(labels), as_batch(uniforms), as_batch(lam_mixup), as_batch(lam_cutmix),
                        as_batch(enabled), h, w)
         # multi_paste regions: 0 = the whole own image, 1 = the partner's box at the same place.
-        anchors = [np.array([[0, 0], [y0, x0]], np.int32) for y0, x0, _, _ in p["box"]]
-        sizes = [np.array([[h, w], [y1 - y0, x1 - x0]], np.int32) for y0, x0, y1, x1 in p["box"]]
-        return ([np.array(v, np.int32) for v in p["partner"]],
-                [np.array(k == KIND_MIXUP) for k in p["kind"]],
-                [np.array(k == KIND_CUTMIX) for k in p["kind"]],
-                [np.array([v], np.float32) for v in p["weight"]],
-                anchors, sizes,
-                list(p["targets"]),
-                [np.array(v, np.float32) for v in p["lam"]])
+        box = p["box"]
+        anchors = np.zeros((n, 2, 2), np.int32)
+        anchors[:, 1] = box[:, :2]
+        sizes = np.empty((n, 2, 2), np.int32)
+        sizes[:, 0] = (h, w)
+        sizes[:, 1] = box[:, 2:] - box[:, :2]
+        kind = p["kind"]
+        # Per-sample views, not copies: DALI takes a list of arrays per output.
+        return (_rows(p["partner"]), _rows(kind == KIND_MIXUP), _rows(kind == KIND_CUTMIX),
+                list(p["weight"].reshape(n, 1)), list(anchors), list(sizes), list(p["targets"]))
+
+
+def _rows(values: np.ndarray) -> list[np.ndarray]:
+    """0-d views of a 1-D array, one per sample."""
+    return [values[i, ...] for i in range(values.shape[0])]
 
 
 def _to_hwc(images: DataNode, layout: str) -> DataNode:
@@ -117,13 +124,14 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     if enabled is None:
         enabled = fn.cast(_ones_like(labels), dtype=types.BOOL)
     shapes = images.shape(device="cpu")
-    partner, is_mixup, is_cutmix, weight, anchors, sizes, targets, lam = fn.python_function(
+    partner, is_mixup, is_cutmix, weight, anchors, sizes, targets = fn.python_function(
         labels, uniforms, lam_mixup, lam_cutmix, enabled, shapes,
         function=_ParamStep(config, layout), batch_processing=True, num_outputs=_ParamStep.NUM_OUTPUTS)
     is_mixup = fn.cast(is_mixup, dtype=types.BOOL)
     is_cutmix = fn.cast(is_cutmix, dtype=types.BOOL)
 
     partner_images = fn.permute_batch(images, indices=partner)
+    lam = weight  # the own image's share is also its label's weight
 
     # mixup branch: x*w + partner*(1-w), only on the samples that drew mixup.
     mix_x, rest_x = _split(images, is_mixup)

@@ -80,7 +80,7 @@ def cutmix_boxes(lam: np.ndarray, u: np.ndarray, height: int, width: int,
 
 
 def mix_params(cfg: MixConfig, labels: np.ndarray, u: np.ndarray, lam_mixup: np.ndarray, lam_cutmix: np.ndarray,
-               enabled: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
+               enabled: np.ndarray, height: int, width: int, with_targets: bool = True) -> dict[str, np.ndarray]:
     """Everything `mix` needs for one batch, from `n` rows of draws.
 
     Returns per sample: `partner` index, `kind` (0 none, 1 mixup, 2 CutMix), `weight` (share of the own
@@ -115,17 +115,18 @@ def mix_params(cfg: MixConfig, labels: np.ndarray, u: np.ndarray, lam_mixup: np.
             lam[cut] = 1.0 - area / float(height * width)
     lam = np.where(kind == KIND_NONE, 1.0, lam)
 
-    own = one_hot(labels, cfg.num_classes, cfg.label_smoothing)
-    lam32 = lam.astype(np.float32)[:, None]
-    targets = lam32 * own + (1.0 - lam32) * own[partner]
-    return {
+    out = {
         "partner": partner,
         "kind": kind.astype(np.int32),
         "weight": lam.astype(np.float32),
         "box": boxes.astype(np.int32),
         "lam": lam.astype(np.float32),
-        "targets": targets.astype(np.float32),
     }
+    if with_targets:
+        own = one_hot(labels, cfg.num_classes, cfg.label_smoothing)
+        lam32 = out["lam"][:, None]
+        out["targets"] = lam32 * own + (1.0 - lam32) * own[partner]
+    return out
 
 
 def as_batch(arrays: Sequence[np.ndarray]) -> np.ndarray:
