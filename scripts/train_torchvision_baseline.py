@@ -4,6 +4,7 @@ model, optimiser, schedule and augmentation as `train_imagenet.py` without mixin
 
   python scripts/train_torchvision_baseline.py --data DIR --arch resnet18 --epochs 4 --batch-size 128 \
       --crop 32 --val-resize 32 --workers 2 --device cpu --output runs/baseline
+`--loader dali` runs the very same loop on dalimix's pipelines, to compare the inputs alone.
 Writes `summary.json` (val top-1/top-5 per epoch, images/s) in --output.
 """
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torchvision  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from dalimix import DaliLoader  # noqa: E402
 from dalimix.engine import param_groups, warmup_cosine  # noqa: E402
+from pipelines.imagenet import train_pipeline, val_pipeline  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -41,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=None)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loader", choices=("torchvision", "dali"), default="torchvision",
+                   help="dali: the same loop fed by dalimix's train/val pipelines (isolates the input)")
     p.add_argument("--output", required=True)
     a = p.parse_args(argv)
     for split in ("train", "val"):
@@ -61,13 +66,20 @@ def main(argv=None) -> dict:
     train_tf = T.Compose([T.RandomResizedCrop(a.crop), T.RandomHorizontalFlip(), T.ToTensor(),
                           T.Normalize(MEAN, STD)])
     val_tf = T.Compose([T.Resize(resize), T.CenterCrop(a.crop), T.ToTensor(), T.Normalize(MEAN, STD)])
-    train_set = torchvision.datasets.ImageFolder(os.path.join(a.data, "train"), train_tf)
-    val_set = torchvision.datasets.ImageFolder(os.path.join(a.data, "val"), val_tf)
-    train = torch.utils.data.DataLoader(train_set, batch_size=a.batch_size, shuffle=True, drop_last=True,
-                                        num_workers=a.workers, persistent_workers=a.workers > 0,
-                                        pin_memory=a.device == "gpu")
-    val = torch.utils.data.DataLoader(val_set, batch_size=a.batch_size, num_workers=a.workers)
-    model = torchvision.models.get_model(a.arch, num_classes=len(train_set.classes)).to(device)
+    if a.loader == "dali":
+        common = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=max(1, a.workers))
+        train = DaliLoader(train_pipeline(os.path.join(a.data, "train"), seed=a.seed, **common))
+        val = DaliLoader(val_pipeline(os.path.join(a.data, "val"), resize=resize, **common))
+        num_classes = len(train.pipeline.dalimix_classes)
+    else:
+        train_set = torchvision.datasets.ImageFolder(os.path.join(a.data, "train"), train_tf)
+        val_set = torchvision.datasets.ImageFolder(os.path.join(a.data, "val"), val_tf)
+        train = torch.utils.data.DataLoader(train_set, batch_size=a.batch_size, shuffle=True, drop_last=True,
+                                            num_workers=a.workers, persistent_workers=a.workers > 0,
+                                            pin_memory=a.device == "gpu")
+        val = torch.utils.data.DataLoader(val_set, batch_size=a.batch_size, num_workers=a.workers)
+        num_classes = len(train_set.classes)
+    model = torchvision.models.get_model(a.arch, num_classes=num_classes).to(device)
     opt = torch.optim.SGD(param_groups(model, a.weight_decay), lr=a.lr, momentum=0.9, nesterov=True)
     sched = warmup_cosine(opt, a.epochs * len(train), int(a.warmup_epochs * len(train)))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -88,7 +100,7 @@ def main(argv=None) -> dict:
         correct = total = 0
         with torch.no_grad():
             for x, y in val:
-                correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+                correct += (model(x.to(device)).argmax(1).cpu() == y.cpu()).sum().item()
                 total += y.numel()
         history.append({"epoch": epoch, "val_top1": 100.0 * correct / total, "images_per_sec": ips})
         print(json.dumps(history[-1]))

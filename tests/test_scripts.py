@@ -55,3 +55,17 @@ def test_preview_grid(tiny, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/preview_mix.py"), "--data", str(tiny / "train"),
                           "--out", str(out), "--prob", "3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "prob" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["torchvision", "dali"])
+def test_torchvision_baseline_one_epoch(tiny, tmp_path, loader):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/train_torchvision_baseline.py"), "--data", str(tiny),
+                           "--arch", "resnet18", "--epochs", "1", "--batch-size", "8", "--crop", "32",
+                           "--val-resize", "32", "--workers", "1", "--torch-threads", "1", "--loader", loader,
+                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["history"]) == 1
+    assert 0.0 <= summary["final_val_top1"] <= 100.0 and summary["images_per_sec"] > 0
+    assert summary["args"]["loader"] == loader
