@@ -121,19 +121,59 @@ def _exclude_bad(files: list[str], labels: list[int], root: str, verify: bool) -
     return [files[i] for i in keep], [labels[i] for i in keep], bad
 
 
-def scan_folder(data_dir: str | os.PathLike, *, verify: bool = True) -> Dataset:
-    """List a folder-per-class tree; labels follow sorted folder names, empty folders keep their index."""
+def _check_classes(classes: Sequence[str]) -> list[str]:
+    if isinstance(classes, (str, bytes)):
+        raise ValueError(f"classes must be a list of class names, got the string {classes!r}")
+    names = list(classes)
+    if not names:
+        raise ValueError("classes must name at least one class, got an empty list")
+    bad = [c for c in names if not isinstance(c, str) or not c]
+    if bad:
+        raise ValueError(f"classes must hold non-empty strings, got {bad[0]!r}")
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise ValueError(f"classes lists {dupes} more than once")
+    return names
+
+
+def _names(items: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(i) for i in list(items)[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def scan_folder(data_dir: str | os.PathLike, *, verify: bool = True,
+                classes: Sequence[str] | None = None) -> Dataset:
+    """List a folder-per-class tree; labels follow sorted folder names, empty folders keep their index.
+
+    With `classes`, label `i` is the folder named `classes[i]` (the order of the given list, not sorted):
+    the tree must hold exactly one folder per given class (an empty folder is fine), else `ValueError`
+    naming the missing and the extra folders, so a val/ never silently renumbers train's classes.
+    """
     root = Path(data_dir)
     if not root.exists():
         raise FileNotFoundError(f"data_dir {str(root)!r} does not exist")
     if not root.is_dir():
-        raise NotADirectoryError(f"data_dir {str(root)!r} is not a folder")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
+        raise NotADirectoryError(f"data_dir {str(root)!r} is not a directory")
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if classes is not None:
+        names = _check_classes(classes)
+        missing = [c for c in names if c not in set(found)]
+        extra = [c for c in found if c not in set(names)]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing folder(s) for {len(missing)} of the given classes: {_names(missing)} "
+                             f"(create an empty folder for a class without images)")
+            if extra:
+                parts.append(f"{len(extra)} folder(s) not among the given classes: {_names(extra)}")
+            raise ValueError(f"data_dir {str(root)!r} does not match classes= ({len(names)} names): "
+                             + "; ".join(parts))
+        found = names
+    if not found:
         raise FileNotFoundError(f"data_dir {str(root)!r} has no class folders (expected one folder per class)")
     files: list[str] = []
     labels: list[int] = []
-    for idx, name in enumerate(classes):
+    for idx, name in enumerate(found):
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
             dirnames.sort()
             for fname in sorted(filenames):
@@ -146,28 +186,50 @@ def scan_folder(data_dir: str | os.PathLike, *, verify: bool = True) -> Dataset:
     files, labels, bad = _exclude_bad(files, labels, str(root), verify)
     if not files:
         raise ValueError(f"data_dir {str(root)!r}: every image file was excluded as bad")
-    return Dataset(files, labels, classes, str(root), bad)
+    return Dataset(files, labels, list(found), str(root), bad)
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether `path` lies under `root`, judged on the normalised names (symlinks are not followed)."""
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives on Windows
+        return False
 
 
 def read_file_list(file_list: str | os.PathLike, root: str | os.PathLike | None = None, *,
-                   classes: Sequence[str] | None = None, verify: bool = True) -> Dataset:
-    """Read `relative/path label` lines (paths relative to `root`, default the list's folder)."""
+                   classes: Sequence[str] | None = None, verify: bool = True,
+                   allow_outside_root: bool = False) -> Dataset:
+    """Read `relative/path label` lines (paths relative to `root`, default the list's folder).
+
+    Label `i` is `classes[i]` when `classes` is given. The list may start with a UTF-8 byte order mark.
+    A path that leaves `root` (`../`, or an absolute path elsewhere) raises `ValueError` naming its line,
+    unless `allow_outside_root=True`.
+    """
     path = Path(file_list)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"file_list {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"file_list {str(path)!r} is not a file")
     base = Path(root) if root is not None else path.parent
-    if not base.is_dir():
+    if not base.exists():
         raise FileNotFoundError(f"data_dir {str(base)!r} (root of file_list) does not exist")
+    if not base.is_dir():
+        raise NotADirectoryError(f"data_dir {str(base)!r} (root of file_list) is not a directory")
+    names: list[str] | None = _check_classes(classes) if classes is not None else None
+    base_abs = os.path.normpath(os.path.abspath(base))
     files: list[str] = []
     labels: list[int] = []
     missing: list[str] = []
-    with open(path, encoding="utf-8") as fh:
+    # utf-8-sig: a byte order mark (Windows Notepad) is not part of the first path.
+    with open(path, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             rel, sep, label = line.rpartition(" ")
-            if not sep or not rel.strip():
+            rel = rel.strip()
+            if not sep or not rel:
                 raise ValueError(f"file_list {str(path)!r} line {lineno}: expected 'relative/path label', "
                                  f"got {line!r}")
             try:
@@ -177,7 +239,13 @@ def read_file_list(file_list: str | os.PathLike, root: str | os.PathLike | None 
                     from None
             if lab < 0:
                 raise ValueError(f"file_list {str(path)!r} line {lineno}: label {lab} is negative")
-            full = str(base / rel.strip())
+            if names is not None and lab >= len(names):
+                raise ValueError(f"file_list {str(path)!r} line {lineno}: label {lab} but classes has "
+                                 f"{len(names)} names")
+            full = str(base / rel)
+            if not allow_outside_root and not _inside(os.path.normpath(os.path.join(base_abs, rel)), base_abs):
+                raise ValueError(f"file_list {str(path)!r} line {lineno}: path {rel!r} leaves the data root "
+                                 f"{str(base)!r}; pass allow_outside_root=True to read files outside it")
             if not os.path.exists(full):
                 missing.append(full)
                 continue
@@ -187,10 +255,8 @@ def read_file_list(file_list: str | os.PathLike, root: str | os.PathLike | None 
         raise FileNotFoundError(f"file_list {str(path)!r} names {len(missing)} missing file(s), e.g. {missing[0]!r}")
     if not files:
         raise ValueError(f"file_list {str(path)!r} lists no files")
-    num = max(labels) + 1
-    names = list(classes) if classes is not None else [str(i) for i in range(num)]
-    if len(names) < num:
-        raise ValueError(f"classes has {len(names)} names but file_list {str(path)!r} uses label {num - 1}")
+    if names is None:
+        names = [str(i) for i in range(max(labels) + 1)]
     files, labels, bad = _exclude_bad(files, labels, str(base), verify)
     return Dataset(files, labels, names, str(base), bad)
 
