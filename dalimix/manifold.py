@@ -85,7 +85,7 @@ class ManifoldMixup(nn.Module):
     autocast and channels_last are kept), and the targets (int labels are one-hot encoded first, then
     label smoothed if asked) are mixed the same way. The call returns ``(logits, mixed_targets)`` with
     ``mixed_targets`` float32 ``[N, num_classes]``. In eval mode, or when ``targets`` is None, the call is
-    exactly ``model(x)`` and returns only the logits.
+    exactly ``model(x)`` and returns only the logits. The wrapper's mode decides, not the wrapped model's.
 
     Randomness comes from torch (``generator`` when given, else the global CPU generator), so
     ``torch.manual_seed`` makes the draws reproducible. The last draw is kept in :attr:`last_layer`,
@@ -208,9 +208,11 @@ class ManifoldMixup(nn.Module):
     def forward(self, x: Tensor, targets: Optional[Tensor] = None) -> Any:
         """Train mode with targets: ``(logits, mixed_targets)``; otherwise exactly ``model(x)``.
 
-        Mixing happens only when both the wrapper and the wrapped model are in train mode.
+        The wrapper's own mode decides: in train mode with targets it always mixes and returns a pair, even
+        when the wrapped model was put in eval mode on its own (e.g. to freeze batch-norm statistics; the
+        model then runs as such). ``wrapped.eval()`` (which also sets the model's mode) returns logits only.
         """
-        if not (self.training and self.model.training) or targets is None:
+        if not self.training or targets is None:
             return self.model(x)
         # The bookkeeping runs eagerly (dynamo-disabled helpers): under torch.compile the drawn lam and
         # permutation reach the graph as tensors and never become guarded constants.

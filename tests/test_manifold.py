@@ -239,6 +239,30 @@ def test_eval_mode_is_the_plain_model_bit_for_bit():
     assert no_hooks(model)
 
 
+def test_wrapper_mode_decides_even_when_the_inner_model_is_in_eval_mode():
+    # Train mode around a model left in eval (frozen batch-norm statistics): still a (logits, targets) pair,
+    # never bare logits that `logits, targets = wrapped(x, y)` would silently unpack row by row.
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict([("fc", nn.Linear(4, 3)), ("bn", nn.BatchNorm1d(3))]))
+    wrapped = ManifoldMixup(model, alpha=1.0, layers=["fc"], include_input=False,
+                            generator=torch.Generator().manual_seed(1))
+    wrapped.train()
+    model.eval()
+    x, y = torch.randn(2, 4), torch.tensor([0, 2])
+    out = wrapped(x, y)
+    assert isinstance(out, tuple) and len(out) == 2
+    logits, targets = out
+    lam, perm = wrapped.last_lam, wrapped.last_perm
+    h = model.fc(x)
+    assert torch.allclose(logits, model.bn(mixed(h, lam, perm)))  # the model ran in its own (eval) mode
+    assert torch.allclose(targets, mixed(F.one_hot(y, 3).float(), lam, perm))
+    assert not model.training and torch.equal(model.bn.running_mean, torch.zeros(3))  # stats untouched
+    wrapped.eval()  # and the other way round: an eval wrapper is the plain model, whatever it was given
+    model.train()
+    assert torch.equal(wrapped(x, y), model(x))
+    assert no_hooks(model)
+
+
 # -- training ---------------------------------------------------------------------------------------
 def test_resnet18_trains_and_gradients_reach_the_stem():
     model = resnet18()
