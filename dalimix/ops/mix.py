@@ -1,9 +1,12 @@
 """mixup and CutMix as DALI graph operators, with exact soft targets.
 
 Usable inside any `@pipeline_def`: `images, targets = mix(images, labels, config)`. All randomness comes
-from DALI's random operators (seeded by the pipeline, restored by DALI checkpoints); a small stateless
-NumPy step (`mix_params`) turns the draws into partners, boxes and targets. Each sample then goes down
-only the branch it drew (none, mixup or CutMix), so a batch pays only for the mixing it gets.
+from DALI's random operators (seeded by the pipeline, restored by DALI checkpoints). Where dalimix's native
+plugin is loaded (`dalimix.native`), the draws become partners, boxes and targets in the native
+`mix_params` operator and the pixels are mixed by the native `resample_mix` operator: no Python runs in the
+graph. Otherwise (no compiler) the same draws go through the NumPy twin of that step (`mix_params.py`) and
+stock DALI operators, each sample going down only the branch it drew; both paths give identical targets
+and pixels within rounding (see tests/test_native.py).
 """
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from typing import Any, Callable
 import numpy as np
 from nvidia.dali import fn, types
 
+from dalimix import native
 from dalimix.config import MixConfig
-from dalimix.ops.mix_params import KIND_CUTMIX, KIND_MIXUP, NUM_UNIFORMS, as_batch, mix_params
+from dalimix.ops.mix_params import KIND_CUTMIX, KIND_MIXUP, NUM_UNIFORMS, as_batch, float32_threshold, mix_params
 from dalimix.ops.targets import smoothed_targets
 
 DataNode = Any
@@ -116,16 +120,24 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
             return images, targets, _ones_like(labels)
         return images, targets
 
-    uniforms = fn.random.uniform(range=[0.0, 1.0], shape=[NUM_UNIFORMS])
-    lam_mixup = fn.random.beta(alpha=config.mixup_alpha, beta=config.mixup_alpha) if config.mixup_on \
-        else _ones_like(labels)
-    cut_alpha = config.cutmix_alpha if config.cutmix_alpha > 0 else 1.0
-    lam_cutmix = fn.random.beta(alpha=cut_alpha, beta=cut_alpha) if config.cutmix_on else _ones_like(labels)
     if enabled is None:
         enabled = fn.cast(_ones_like(labels), dtype=types.BOOL)
+    draws = mix_draws(config, labels)
+    if native.available("gpu" if on_gpu else "cpu"):
+        partner, kind, lam, box, targets = native_mix_params(config, labels, draws, enabled,
+                                                             shapes=images.shape(device="cpu"), layout=layout)
+        keep_float = {"dtype": types.FLOAT} if finish is not None else {}  # else the input's type
+        out = fn.dalimix.resample_mix(images, partner=partner, kind=kind, weight=lam, box=box, input_layout=layout,
+                                      output_layout=layout, device="gpu" if on_gpu else "cpu", **keep_float)
+        if finish is not None:
+            out = finish(out, lambda node: node)
+        targets = targets.gpu() if on_gpu else targets
+        return (out, targets, lam) if return_lam else (out, targets)
+
+    images = fn.reshape(images, layout=layout)  # branches must agree on a layout when they merge
     shapes = images.shape(device="cpu")
     partner, is_mixup, is_cutmix, weight, anchors, sizes, targets = fn.python_function(
-        labels, uniforms, lam_mixup, lam_cutmix, enabled, shapes,
+        labels, *draws, enabled, shapes,
         function=_ParamStep(config, layout), batch_processing=True, num_outputs=_ParamStep.NUM_OUTPUTS)
     is_mixup = fn.cast(is_mixup, dtype=types.BOOL)
     is_cutmix = fn.cast(is_cutmix, dtype=types.BOOL)
@@ -165,6 +177,31 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     if return_lam:
         return out, targets, lam
     return out, targets
+
+
+def mix_draws(config: MixConfig, labels: DataNode) -> tuple[DataNode, DataNode, DataNode]:
+    """The random draws behind one batch of mixing: per-sample uniforms, lam for mixup and for CutMix."""
+    uniforms = fn.random.uniform(range=[0.0, 1.0], shape=[NUM_UNIFORMS])
+    lam_mixup = fn.random.beta(alpha=config.mixup_alpha, beta=config.mixup_alpha) if config.mixup_on \
+        else _ones_like(labels)
+    cut_alpha = config.cutmix_alpha if config.cutmix_alpha > 0 else 1.0
+    lam_cutmix = fn.random.beta(alpha=cut_alpha, beta=cut_alpha) if config.cutmix_on else _ones_like(labels)
+    return uniforms, lam_mixup, lam_cutmix
+
+
+def native_mix_params(config: MixConfig, labels: DataNode, draws: tuple[DataNode, DataNode, DataNode],
+                      enabled: DataNode, *, size: tuple[int, int] | None = None, shapes: DataNode | None = None,
+                      layout: str = "HWC") -> tuple[DataNode, ...]:
+    """(partner, kind, lam, box, targets) from the native `mix_params` operator; give the images' `size`
+    when it is known when the graph is defined, else their `shapes` (with `layout`)."""
+    off = config.label_smoothing / config.num_classes
+    extra = [] if size is not None else [shapes]
+    return fn.dalimix.mix_params(
+        labels, *draws, enabled, *extra, mode=config.mode, prob=float32_threshold(config.prob),
+        switch_prob=float32_threshold(config.switch_prob), mixup=config.mixup_on, cutmix=config.cutmix_on,
+        cutmix_minmax=list(config.cutmix_minmax or []), correct_lam=config.correct_lam,
+        on_value=1.0 - config.label_smoothing + off, off_value=off, num_classes=config.num_classes,
+        size=list(size) if size is not None else [], shape_layout=layout)
 
 
 def _ones_like(labels: DataNode) -> DataNode:

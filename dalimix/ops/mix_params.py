@@ -54,8 +54,9 @@ def cutmix_boxes(lam: np.ndarray, u: np.ndarray, height: int, width: int,
                  minmax: tuple[float, float] | None) -> np.ndarray:
     """Boxes `[y0, x0, y1, x1]` (clipped to the image) for CutMix, as timm draws them.
 
-    Without minmax: sides sqrt(1-lam)*H and *W around a uniform centre, clipped. With minmax: sides
-    uniform in [min*H, max*H) (same for W), placed uniformly inside the image.
+    Without minmax: sides `int(H * sqrt(1 - lam))` (same for W) around a uniform centre `cy`, from
+    `cy - cut // 2` to `cy + (cut + 1) // 2`, clipped; so an unclipped box has exactly the drawn side. With
+    minmax: sides uniform in [min*H, max*H) (same for W), placed uniformly inside the image.
     """
     n = lam.shape[0]
     if minmax is not None:
@@ -69,11 +70,11 @@ def cutmix_boxes(lam: np.ndarray, u: np.ndarray, height: int, width: int,
         y0, x0 = np.minimum(y0, height - ch), np.minimum(x0, width - cw)
         return np.stack([y0, x0, y0 + ch, x0 + cw], axis=1)
     ratio = np.sqrt(np.clip(1.0 - lam, 0.0, 1.0))
-    half_h = (height * ratio).astype(np.int64) // 2
-    half_w = (width * ratio).astype(np.int64) // 2
+    cut_h = (height * ratio).astype(np.int64)
+    cut_w = (width * ratio).astype(np.int64)
     cy = np.minimum(np.floor(u[:, U_CY] * height).astype(np.int64), height - 1)
     cx = np.minimum(np.floor(u[:, U_CX] * width).astype(np.int64), width - 1)
-    boxes = np.stack([cy - half_h, cx - half_w, cy + half_h, cx + half_w], axis=1)
+    boxes = np.stack([cy - cut_h // 2, cx - cut_w // 2, cy + (cut_h + 1) // 2, cx + (cut_w + 1) // 2], axis=1)
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, height)
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, width)
     return boxes.reshape(n, 4)
@@ -127,6 +128,15 @@ def mix_params(cfg: MixConfig, labels: np.ndarray, u: np.ndarray, lam_mixup: np.
         lam32 = out["lam"][:, None]
         out["targets"] = lam32 * own + (1.0 - lam32) * own[partner]
     return out
+
+
+def float32_threshold(p: float) -> float:
+    """The smallest float32 >= p: a float32 draw u satisfies u < p exactly when u < this threshold, so the
+    native step (float32 arguments) decides as NumPy does in float64."""
+    t = np.float32(p)
+    if float(t) < p:
+        t = np.nextafter(t, np.float32(np.inf))
+    return float(t)
 
 
 def as_batch(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,73 @@
+"""dalimix's DALI plugin: the fused resample + mix + flip + normalise + erase operator and the native
+mixing / erasing parameter steps, compiled against the installed DALI and loaded into it.
+
+`load()` runs once, on `import dalimix.ops`: it builds the plugin into the cache if needed (see
+`dalimix.native.build`) and registers `fn.dalimix.resample_mix`, `fn.dalimix.mix_params` and
+`fn.dalimix.erase_params` with DALI. Where that is impossible (no compiler, or `DALIMIX_NATIVE=0`),
+dalimix warns once and its graphs use stock DALI operators instead. No torch here.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+_state: dict = {}
+
+# What the stock-operator graph costs, measured with scripts/profile_loader.py (docs/BENCHMARKS.md).
+FALLBACK_COST = "mixing then costs about 15% of the loader's throughput on the CPU instead of ~3%"
+
+
+def _disabled() -> Optional[str]:
+    value = os.environ.get("DALIMIX_NATIVE", "").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return "DALIMIX_NATIVE=0 is set"
+    return None
+
+
+def load() -> bool:
+    """Build and load the plugin once; True when the native CPU operators are available."""
+    if "cpu" in _state:
+        return _state["cpu"]
+    _state.update(cpu=False, gpu=False, why="", gpu_why="")
+    why = _disabled()
+    if why is None:
+        try:
+            from nvidia.dali import plugin_manager
+
+            from dalimix.native.build import BuildError, build
+            cpu_only = os.environ.get("DALIMIX_NATIVE", "").strip().lower() == "cpu"
+            built = build(with_cuda=False if cpu_only else None)
+            plugin_manager.load_library(str(built.cpu))
+            _state["cpu"] = True
+            if built.gpu is not None:
+                try:
+                    plugin_manager.load_library(str(built.gpu))
+                    _state["gpu"] = True
+                except RuntimeError as exc:
+                    _state["gpu_why"] = f"loading {built.gpu} failed: {exc}"
+            else:
+                _state["gpu_why"] = "DALIMIX_NATIVE=cpu is set" if cpu_only else built.gpu_note
+        except BuildError as exc:
+            why = str(exc)
+        except (OSError, RuntimeError) as exc:
+            why = f"loading the plugin failed: {exc}"
+    if why is not None:
+        _state["why"] = why
+        _state["gpu_why"] = why
+        warnings.warn(f"dalimix: native operators unavailable ({why.splitlines()[0]}); using stock DALI "
+                      f"operators instead: {FALLBACK_COST}. Install g++ (and nvcc for GPUs) to get them.",
+                      RuntimeWarning, stacklevel=2)
+    return _state["cpu"]
+
+
+def available(device: str = "cpu") -> bool:
+    """Whether the native operators run on `device` ("cpu" or "gpu")."""
+    load()
+    return bool(_state["gpu" if device == "gpu" else "cpu"])
+
+
+def why_unavailable(device: str = "cpu") -> str:
+    """Why the native operators do not run on `device` ("" when they do)."""
+    load()
+    return _state["gpu_why" if device == "gpu" else "why"]

@@ -1,0 +1,260 @@
+"""Compiling dalimix's DALI plugin against the installed DALI, into a cache keyed by what it depends on.
+
+Built on first use rather than at `pip install` time because the plugin must match the DALI wheel that is
+installed *now* (a pip build environment does not have it, and a DALI upgrade must trigger a rebuild):
+the cache key hashes the sources, the compile flags, the DALI version and the compiler's version, so a
+change of any of them builds afresh, and concurrent ranks of one run build once (a file lock).
+
+`python -m dalimix.native.build` builds (or finds) the libraries and prints where they are.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+SRC = Path(__file__).resolve().parent / "src"
+CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "mix_params.cc", "erase_params.cc")
+# Targets must equal NumPy's float32 arithmetic bit for bit: no fused multiply-add there.
+EXACT_SOURCES = ("mix_params.cc", "erase_params.cc")
+GPU_SOURCES = ("fused_gpu.cu",)
+HEADERS = ("fused_math.h", "fused_args.h")
+CPU_LIB = "libdalimix_ops.so"
+GPU_LIB = "libdalimix_ops_cuda.so"
+# SASS for the GPUs CUDA 12/13 toolkits support, plus PTX of the newest for what comes later.
+CUDA_ARCHS = ("75", "80", "86", "89", "90", "100", "120")
+
+
+class BuildError(RuntimeError):
+    """The plugin could not be compiled; the message says which step and why."""
+
+
+@dataclass
+class Toolchain:
+    cxx: Optional[str]
+    nvcc: Optional[str]
+    cuda_include: Optional[str]
+    dali_version: str
+    dali_cflags: list[str]
+    dali_ldflags: list[str]
+    dali_lib_dir: str
+    notes: list[str] = field(default_factory=list)
+
+
+def cache_root() -> Path:
+    env = os.environ.get("DALIMIX_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dalimix"
+
+
+def _which(*names: str) -> Optional[str]:
+    for name in names:
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cuda_home_candidates() -> list[Path]:
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    return [Path(h) for h in homes if h]
+
+
+def find_toolchain() -> Toolchain:
+    import nvidia.dali as dali
+    import nvidia.dali.sysconfig as sysconfig
+
+    cxx = _which(os.environ.get("CXX", ""), "g++", "c++", "clang++")
+    nvcc = _which(os.environ.get("NVCC", ""), "nvcc")
+    if nvcc is None:
+        nvcc = next((str(h / "bin" / "nvcc") for h in _cuda_home_candidates() if (h / "bin" / "nvcc").is_file()),
+                    None)
+    # DALI's headers include cuda_runtime.h: from a toolkit, or from the CUDA pip packages.
+    include = None
+    candidates = [h / "include" for h in _cuda_home_candidates()]
+    nvidia_dir = Path(dali.__file__).resolve().parent.parent
+    candidates += sorted(nvidia_dir.glob("cu*/include")) + sorted(nvidia_dir.glob("cuda_runtime/include"))
+    for cand in candidates:
+        if (cand / "cuda_runtime.h").is_file():
+            include = str(cand)
+            break
+    return Toolchain(cxx=cxx, nvcc=nvcc, cuda_include=include, dali_version=dali.__version__,
+                     dali_cflags=list(sysconfig.get_compile_flags()), dali_ldflags=list(sysconfig.get_link_flags()),
+                     dali_lib_dir=sysconfig.get_lib_dir())
+
+
+def _version_of(tool: Optional[str]) -> str:
+    if tool is None:
+        return "none"
+    try:
+        return subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_flags() -> str:
+    """The CPU's instruction-set flags: the cache key includes them since the build uses -march=native."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.machine()
+
+
+def cxx_flags(tc: Toolchain) -> list[str]:
+    flags = ["-std=c++17", "-O3", "-march=native", "-fPIC", "-DNDEBUG", "-w"] + tc.dali_cflags
+    if tc.cuda_include:
+        flags.append(f"-I{tc.cuda_include}")
+    return flags
+
+
+def nvcc_flags(tc: Toolchain) -> list[str]:
+    flags = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-DNDEBUG", "-w", "--expt-relaxed-constexpr",
+             "-cudart", "static"]
+    flags += [f for f in tc.dali_cflags]
+    for arch in CUDA_ARCHS:
+        flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    flags += ["-gencode", f"arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
+    return flags
+
+
+def build_key(tc: Toolchain, with_cuda: bool) -> str:
+    h = hashlib.sha256()
+    for name in CPU_SOURCES + HEADERS + (GPU_SOURCES if with_cuda else ()):
+        h.update(name.encode())
+        h.update((SRC / name).read_bytes())
+    h.update(" ".join(cxx_flags(tc)).encode())
+    h.update(_version_of(tc.cxx).encode())
+    h.update(_cpu_flags().encode())
+    h.update(tc.dali_version.encode())
+    if with_cuda:
+        h.update(" ".join(nvcc_flags(tc)).encode())
+        h.update(_version_of(tc.nvcc).encode())
+    return f"dali{tc.dali_version}-{h.hexdigest()[:16]}"
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
+        raise BuildError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd[:3])} ...\n{tail}")
+
+
+def _link_flags(tc: Toolchain) -> list[str]:
+    return tc.dali_ldflags + [f"-Wl,-rpath,{tc.dali_lib_dir}"]
+
+
+def _build_cpu(tc: Toolchain, out_dir: Path, tmp: Path) -> Path:
+    if tc.cxx is None:
+        raise BuildError("no C++ compiler found (looked for $CXX, g++, c++, clang++)")
+    if tc.cuda_include is None:
+        raise BuildError("DALI's headers need cuda_runtime.h, found neither under $CUDA_HOME, /usr/local/cuda "
+                         "nor in the nvidia CUDA pip packages")
+
+    def compile_one(name: str) -> Path:
+        obj = tmp / (name + ".o")
+        extra = ["-ffp-contract=off"] if name in EXACT_SOURCES else []
+        _run([tc.cxx, *cxx_flags(tc), *extra, "-c", str(SRC / name), "-o", str(obj)], f"compiling {name}")
+        return obj
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(CPU_SOURCES), os.cpu_count() or 1))) as pool:
+        objs = list(pool.map(compile_one, CPU_SOURCES))
+    lib = tmp / CPU_LIB
+    _run([tc.cxx, "-shared", "-o", str(lib), *map(str, objs), *_link_flags(tc)], f"linking {CPU_LIB}")
+    final = out_dir / CPU_LIB
+    os.replace(lib, final)
+    return final
+
+
+def _build_gpu(tc: Toolchain, out_dir: Path, tmp: Path, final: Path) -> Path:
+    assert tc.nvcc is not None
+    objs = []
+    for name in GPU_SOURCES:
+        obj = tmp / (name + ".o")
+        _run([tc.nvcc, *nvcc_flags(tc), "-c", str(SRC / name), "-o", str(obj)], f"compiling {name} with nvcc")
+        objs.append(obj)
+    lib = tmp / GPU_LIB
+    # Linked against the CPU library, which defines the operator schemas the GPU backend attaches to.
+    _run([tc.nvcc, "-shared", "-cudart", "static", "-o", str(lib), *map(str, objs),
+          f"-L{out_dir}", "-l:" + CPU_LIB, "-Xlinker", f"-rpath,{out_dir}", *tc.dali_ldflags,
+          "-Xlinker", f"-rpath,{tc.dali_lib_dir}"], f"linking {GPU_LIB}")
+    os.replace(lib, final)
+    return final
+
+
+@dataclass
+class Built:
+    cpu: Path
+    gpu: Optional[Path]
+    gpu_note: str
+
+
+def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> Built:
+    """Build (or find in the cache) the CPU plugin and, where nvcc is found, its CUDA part."""
+    tc = find_toolchain()
+    want_cuda = tc.nvcc is not None if with_cuda is None else with_cuda and tc.nvcc is not None
+    cpu_key = build_key(tc, with_cuda=False)
+    root = cache_root() / "native"
+    out_dir = root / cpu_key
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{cpu_key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out_dir.mkdir(exist_ok=True)
+        cpu = out_dir / CPU_LIB
+        if not cpu.is_file():
+            if verbose or sys.stderr.isatty():
+                print("dalimix: compiling the native DALI operators (once per DALI version)...", file=sys.stderr)
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                _build_cpu(tc, out_dir, Path(tmp))
+        gpu: Optional[Path] = None
+        if tc.nvcc is None:
+            note = "no CUDA compiler (nvcc) found on PATH, $CUDA_HOME or /usr/local/cuda"
+        elif not want_cuda:
+            note = "CUDA build not requested"
+        else:
+            gpu_key = build_key(tc, with_cuda=True)
+            gpu = out_dir / f"cuda-{gpu_key.rsplit('-', 1)[1]}" / GPU_LIB
+            failed = gpu.parent / "FAILED"
+            note = "built with " + tc.nvcc
+            if failed.is_file():
+                note, gpu = failed.read_text(), None
+            elif not gpu.is_file():
+                gpu.parent.mkdir(exist_ok=True)
+                if verbose or sys.stderr.isatty():
+                    print("dalimix: compiling the CUDA operators with nvcc (once)...", file=sys.stderr)
+                try:
+                    with tempfile.TemporaryDirectory(dir=gpu.parent) as tmp:
+                        _build_gpu(tc, out_dir, Path(tmp), gpu)
+                except BuildError as exc:
+                    note = str(exc)
+                    failed.write_text(note)
+                    gpu = None
+        return Built(cpu=cpu, gpu=gpu, gpu_note=note)
+
+
+def main() -> int:
+    try:
+        built = build(verbose=True)
+    except BuildError as exc:
+        print(f"dalimix: native build failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"CPU operators:  {built.cpu}")
+    print(f"CUDA operators: {built.gpu if built.gpu else 'not built: ' + built.gpu_note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

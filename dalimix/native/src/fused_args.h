@@ -1,0 +1,66 @@
+// The arguments of dalimix's fused operator, read once per batch into plain per-sample structs that
+// both backends consume. Host code only.
+#ifndef DALIMIX_NATIVE_FUSED_ARGS_H_
+#define DALIMIX_NATIVE_FUSED_ARGS_H_
+
+#include <string>
+#include <vector>
+
+#include "dali/pipeline/operator/operator.h"
+#include "fused_math.h"
+
+namespace dalimix {
+
+// What one output sample is made of.
+struct SampleParams {
+  int partner = 0;      // index of the sample mixed in (itself when unmixed)
+  int kind = kMixNone;  // kMixNone, kMixup, kCutMix
+  float weight = 1.0f;  // share of the own image in a mixup blend
+  int box[4] = {0, 0, 0, 0};  // CutMix: [y0, x0, y1, x1) taken from the partner (before the flip)
+  bool mirror = false;
+  int num_erase = 0;
+  int erase[kMaxEraseRegions][4] = {};  // [y0, x0, y1, x1) in output coordinates (after the flip)
+  uint32_t seed = 0;    // counter seed of the erasing noise
+};
+
+// Options that hold for the whole batch.
+struct FusedOptions {
+  int out_h = 0, out_w = 0;  // 0: the input's own size
+  bool antialias = false;
+  bool out_chw = true;
+  dali::DALIDataType dtype = DALI_FLOAT;  // DALI_NO_TYPE: the input's type
+  std::vector<float> mean, inv_std;
+  int erase_mode = kEraseConst;
+  std::string input_layout;  // "" = the input's layout, else HWC
+};
+
+FusedOptions ReadFusedOptions(const dali::OpSpec &spec);
+
+// Per-sample parameters of a batch of `n`, from the argument inputs (or their scalar defaults).
+// `channels` is used to check mean/std; errors name the argument at fault.
+std::vector<SampleParams> ReadSampleParams(const dali::OpSpec &spec, const dali::Workspace &ws, int n);
+
+// What a batch will be turned into: the checked per-sample parameters and the output shapes.
+struct FusedPlan {
+  bool chw_in = false;
+  dali::DALIDataType dtype = DALI_FLOAT;  // of the output
+  std::vector<SampleParams> params;
+  dali::TensorListShape<> out_shape;
+  std::vector<int> out_hw;  // output (height, width) of each sample
+  int OutH(int i) const { return out_hw[2 * i]; }
+  int OutW(int i) const { return out_hw[2 * i + 1]; }
+};
+
+// Checks input 0 of `ws` against the options and plans the outputs (both backends' SetupImpl).
+void PlanFused(const dali::OpSpec &spec, const dali::Workspace &ws, const FusedOptions &opt, FusedPlan &plan);
+
+// Height, width and channels of an input sample of shape `s`.
+inline void InputHWC(const dali::TensorShape<> &s, bool chw, int &h, int &w, int &c) {
+  h = static_cast<int>(chw ? s[1] : s[0]);
+  w = static_cast<int>(chw ? s[2] : s[1]);
+  c = static_cast<int>(chw ? s[0] : s[2]);
+}
+
+}  // namespace dalimix
+
+#endif  // DALIMIX_NATIVE_FUSED_ARGS_H_

@@ -1,0 +1,372 @@
+// dalimix.resample_mix on the CPU: one pass from a decoded crop to the training tensor.
+//
+// For every output row: resample the row of the own image (vertical then horizontal triangle filter),
+// mix it with the partner's row (mixup blend or CutMix paste), flip, normalise, erase and store. Mutual
+// partners are processed together so that each image of the batch is resampled exactly once.
+#include <algorithm>
+#include <vector>
+
+#include "dali/core/float16.h"
+#include "dali/pipeline/operator/operator.h"
+#include "fused_args.h"
+
+namespace dalimix {
+
+using dali::CPUBackend;
+using dali::OutputDesc;
+using dali::TensorListShape;
+using dali::Workspace;
+
+// Filter taps of one axis: for each output index, `k` clamped input indices and normalised weights.
+struct AxisTaps {
+  int k = 0;
+  std::vector<int> idx;
+  std::vector<float> w;
+  int lo = 0, hi = 0;  // range of input indices used, [lo, hi]
+
+  void Build(int n_in, int n_out, bool antialias) {
+    float scale = static_cast<float>(n_in) / static_cast<float>(n_out);
+    float radius = FilterRadius(scale, antialias);
+    k = TapCount(radius);
+    idx.assign(static_cast<size_t>(n_out) * k, 0);
+    w.assign(static_cast<size_t>(n_out) * k, 0.0f);
+    lo = n_in - 1;
+    hi = 0;
+    for (int o = 0; o < n_out; o++) {
+      float c = SourceCentre(o, scale);
+      int first = FirstTap(c, radius);
+      float sum = 0.0f;
+      for (int t = 0; t < k; t++) {
+        float wt = TapWeight(first + t, c, radius);
+        int i = Clamp(first + t, 0, n_in - 1);
+        idx[o * k + t] = i;
+        w[o * k + t] = wt;
+        sum += wt;
+        if (wt > 0.0f) {
+          lo = std::min(lo, i);
+          hi = std::max(hi, i);
+        }
+      }
+      for (int t = 0; t < k; t++) w[o * k + t] /= sum;
+    }
+    if (lo > hi) lo = hi = 0;
+  }
+};
+
+// One input image and its resampling tables.
+template <typename In>
+struct Source {
+  const In *data = nullptr;
+  int h = 0, w = 0, c = 0;
+  bool chw = false;
+  AxisTaps ty, tx;
+
+  // Output row `oy` (HWC order, `out_w * c` floats) into `row`; `tmp` holds the vertical pass.
+  void Row(int oy, float *row, std::vector<float> &tmp) const {
+    const int k = ty.k;
+    const int *iy = &ty.idx[oy * k];
+    const float *wy = &ty.w[oy * k];
+    const int x0 = tx.lo, xn = tx.hi - tx.lo + 1;
+    tmp.resize(static_cast<size_t>(w) * c);
+    float *t = tmp.data() + static_cast<size_t>(x0) * c;
+    if (!chw) {
+      const int64_t stride = static_cast<int64_t>(w) * c;
+      const In *r0 = data + iy[0] * stride + static_cast<int64_t>(x0) * c;
+      const int len = xn * c;
+      if (k == 2) {
+        const In *r1 = data + iy[1] * stride + static_cast<int64_t>(x0) * c;
+        const float w0 = wy[0], w1 = wy[1];
+        if (w1 == 0.0f) {
+          for (int j = 0; j < len; j++) t[j] = static_cast<float>(r0[j]);
+        } else {
+          for (int j = 0; j < len; j++) t[j] = w0 * static_cast<float>(r0[j]) + w1 * static_cast<float>(r1[j]);
+        }
+      } else {
+        for (int j = 0; j < len; j++) t[j] = wy[0] * static_cast<float>(r0[j]);
+        for (int q = 1; q < k; q++) {
+          if (wy[q] == 0.0f) continue;
+          const In *rq = data + iy[q] * stride + static_cast<int64_t>(x0) * c;
+          const float wq = wy[q];
+          for (int j = 0; j < len; j++) t[j] += wq * static_cast<float>(rq[j]);
+        }
+      }
+    } else {
+      const int64_t plane = static_cast<int64_t>(h) * w;
+      for (int ch = 0; ch < c; ch++) {
+        for (int x = 0; x < xn; x++) {
+          float acc = 0.0f;
+          for (int q = 0; q < k; q++)
+            acc += wy[q] * static_cast<float>(data[ch * plane + static_cast<int64_t>(iy[q]) * w + x0 + x]);
+          t[x * c + ch] = acc;
+        }
+      }
+    }
+    const float *tb = tmp.data();
+    const int out_w = static_cast<int>(tx.idx.size()) / tx.k;
+    const int kx = tx.k;
+    if (kx == 2 && c == 3) {
+      for (int ox = 0; ox < out_w; ox++) {
+        const float *a = tb + tx.idx[2 * ox] * 3;
+        const float *b = tb + tx.idx[2 * ox + 1] * 3;
+        const float w0 = tx.w[2 * ox], w1 = tx.w[2 * ox + 1];
+        row[3 * ox] = w0 * a[0] + w1 * b[0];
+        row[3 * ox + 1] = w0 * a[1] + w1 * b[1];
+        row[3 * ox + 2] = w0 * a[2] + w1 * b[2];
+      }
+      return;
+    }
+    for (int ox = 0; ox < out_w; ox++) {
+      for (int ch = 0; ch < c; ch++) {
+        float acc = 0.0f;
+        for (int q = 0; q < kx; q++) acc += tx.w[ox * kx + q] * tb[tx.idx[ox * kx + q] * c + ch];
+        row[ox * c + ch] = acc;
+      }
+    }
+  }
+};
+
+template <typename Out>
+inline Out StoreAs(float v);
+template <>
+inline float StoreAs<float>(float v) { return v; }
+template <>
+inline dali::float16 StoreAs<dali::float16>(float v) { return dali::float16(v); }
+template <>
+inline uint8_t StoreAs<uint8_t>(float v) {
+  v = std::nearbyint(v);
+  return static_cast<uint8_t>(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
+}
+
+// Scratch rows of one worker thread.
+struct RowScratch {
+  std::vector<float> tmp, own, other, mixed;
+};
+
+class ResampleMixCPU : public dali::Operator<CPUBackend> {
+ public:
+  explicit ResampleMixCPU(const dali::OpSpec &spec)
+      : dali::Operator<CPUBackend>(spec), opt_(ReadFusedOptions(spec)) {}
+
+ protected:
+  bool SetupImpl(std::vector<OutputDesc> &output_desc, const Workspace &ws) override {
+    PlanFused(spec_, ws, opt_, plan_);
+    output_desc.resize(1);
+    output_desc[0].shape = plan_.out_shape;
+    output_desc[0].type = plan_.dtype;
+    return true;
+  }
+
+  void RunImpl(Workspace &ws) override {
+    const auto &in = ws.Input<CPUBackend>(0);
+    auto &out = ws.Output<CPUBackend>(0);
+    out.SetLayout(opt_.out_chw ? "CHW" : "HWC");
+    if (in.type() == DALI_UINT8) RunTyped<uint8_t>(ws);
+    else RunTyped<float>(ws);
+  }
+
+ private:
+  template <typename In>
+  void RunTyped(Workspace &ws) {
+    switch (plan_.dtype) {
+      case DALI_FLOAT16: RunAll<In, dali::float16>(ws); break;
+      case DALI_UINT8: RunAll<In, uint8_t>(ws); break;
+      default: RunAll<In, float>(ws); break;
+    }
+  }
+
+  template <typename In, typename Out>
+  void RunAll(Workspace &ws) {
+    const auto &in = ws.Input<CPUBackend>(0);
+    auto &out = ws.Output<CPUBackend>(0);
+    const int n = in.num_samples();
+    std::vector<Source<In>> src(n);
+    for (int i = 0; i < n; i++) {
+      auto s = in.tensor_shape(i);
+      Source<In> &S = src[i];
+      S.data = in.template tensor<In>(i);
+      S.chw = plan_.chw_in;
+      InputHWC(s, plan_.chw_in, S.h, S.w, S.c);
+    }
+    // Tables per (image, output size) pair actually needed: the own size of each output sample.
+    for (int i = 0; i < n; i++) {
+      int oh = OutH(i), ow = OutW(i);
+      src[i].ty.Build(src[i].h, oh, opt_.antialias);
+      src[i].tx.Build(src[i].w, ow, opt_.antialias);
+    }
+    auto &pool = ws.GetThreadPool();
+    std::vector<char> queued(n, 0);
+    for (int i = 0; i < n; i++) {
+      if (queued[i]) continue;
+      int j = plan_.params[i].partner;
+      bool mutual = j != i && plan_.params[j].partner == i && !queued[j] && OutH(i) == OutH(j) &&
+                    OutW(i) == OutW(j);
+      queued[i] = 1;
+      if (mutual) queued[j] = 1;
+      int64_t cost = static_cast<int64_t>(src[i].h) * src[i].w * (mutual ? 2 : 1);
+      pool.AddWork([&, i, j, mutual](int) {
+        if (mutual) Pair<In, Out>(src, out, i, j);
+        else Single<In, Out>(src, out, i);
+      }, cost);
+    }
+    pool.RunAll();
+  }
+
+  int OutH(int i) const { return plan_.OutH(i); }
+  int OutW(int i) const { return plan_.OutW(i); }
+
+  // Samples i and j are each other's partner: resample both rows once, write both outputs.
+  template <typename In, typename Out>
+  void Pair(const std::vector<Source<In>> &src, dali::TensorList<CPUBackend> &out, int i, int j) {
+    thread_local RowScratch s;
+    const int oh = OutH(i), ow = OutW(i), c = src[i].c;
+    s.own.resize(static_cast<size_t>(ow) * c);
+    s.other.resize(static_cast<size_t>(ow) * c);
+    s.mixed.resize(static_cast<size_t>(ow) * c);
+    Out *oi = out.template mutable_tensor<Out>(i);
+    Out *oj = out.template mutable_tensor<Out>(j);
+    for (int y = 0; y < oh; y++) {
+      src[i].Row(y, s.own.data(), s.tmp);
+      src[j].Row(y, s.other.data(), s.tmp);
+      WriteRow(oi, plan_.params[i], y, oh, ow, c, s.own.data(), s.other.data(), s.mixed.data());
+      WriteRow(oj, plan_.params[j], y, oh, ow, c, s.other.data(), s.own.data(), s.mixed.data());
+    }
+  }
+
+  template <typename In, typename Out>
+  void Single(const std::vector<Source<In>> &src, dali::TensorList<CPUBackend> &out, int i) {
+    thread_local RowScratch s;
+    const SampleParams &p = plan_.params[i];
+    const int oh = OutH(i), ow = OutW(i), c = src[i].c;
+    s.own.resize(static_cast<size_t>(ow) * c);
+    s.other.resize(static_cast<size_t>(ow) * c);
+    s.mixed.resize(static_cast<size_t>(ow) * c);
+    // The partner is resampled to this sample's output size with its own tables.
+    Source<In> partner = src[p.partner];
+    bool need_partner = p.kind != kMixNone;
+    if (need_partner && (OutH(p.partner) != oh || OutW(p.partner) != ow)) {
+      partner.ty.Build(partner.h, oh, opt_.antialias);
+      partner.tx.Build(partner.w, ow, opt_.antialias);
+    }
+    DALI_ENFORCE(!need_partner || partner.c == c, "dalimix.resample_mix: partners differ in channels");
+    Out *o = out.template mutable_tensor<Out>(i);
+    for (int y = 0; y < oh; y++) {
+      src[i].Row(y, s.own.data(), s.tmp);
+      bool row_needs = p.kind == kMixup || (p.kind == kCutMix && y >= p.box[0] && y < p.box[2]);
+      if (need_partner && row_needs) partner.Row(y, s.other.data(), s.tmp);
+      WriteRow(o, p, y, oh, ow, c, s.own.data(), s.other.data(), s.mixed.data());
+    }
+  }
+
+  // Mix, flip, normalise, erase and store output row `y` of one sample.
+  template <typename Out>
+  void WriteRow(Out *out, const SampleParams &p, int y, int oh, int ow, int c, const float *own,
+                const float *other, float *mixed) const {
+    const float *v = own;
+    if (p.kind == kMixup) {
+      const float a = p.weight, b = 1.0f - p.weight;
+      const int len = ow * c;
+      for (int j = 0; j < len; j++) mixed[j] = a * own[j] + b * other[j];
+      v = mixed;
+    } else if (p.kind == kCutMix && y >= p.box[0] && y < p.box[2] && p.box[3] > p.box[1]) {
+      std::copy(own, own + ow * c, mixed);
+      int x0 = std::max(p.box[1], 0), x1 = std::min(p.box[3], ow);
+      if (x1 > x0) std::copy(other + x0 * c, other + x1 * c, mixed + x0 * c);
+      v = mixed;
+    }
+    float mean[kMaxChannels], inv[kMaxChannels];
+    for (int ch = 0; ch < c; ch++) {
+      mean[ch] = opt_.mean.size() == 1 ? opt_.mean[0] : opt_.mean[ch];
+      inv[ch] = opt_.inv_std.size() == 1 ? opt_.inv_std[0] : opt_.inv_std[ch];
+    }
+    const int64_t plane = static_cast<int64_t>(oh) * ow;
+    if (!opt_.out_chw) {
+      Out *o = out + static_cast<int64_t>(y) * ow * c;
+      if (c == 3) {
+        const float m0 = mean[0], m1 = mean[1], m2 = mean[2], i0 = inv[0], i1 = inv[1], i2 = inv[2];
+        for (int x = 0; x < ow; x++) {
+          const float *s = v + 3 * (p.mirror ? ow - 1 - x : x);
+          o[3 * x] = StoreAs<Out>((s[0] - m0) * i0);
+          o[3 * x + 1] = StoreAs<Out>((s[1] - m1) * i1);
+          o[3 * x + 2] = StoreAs<Out>((s[2] - m2) * i2);
+        }
+      } else {
+        for (int x = 0; x < ow; x++) {
+          const float *s = v + c * (p.mirror ? ow - 1 - x : x);
+          for (int ch = 0; ch < c; ch++) o[c * x + ch] = StoreAs<Out>((s[ch] - mean[ch]) * inv[ch]);
+        }
+      }
+    } else {
+      for (int ch = 0; ch < c; ch++) {
+        Out *o = out + ch * plane + static_cast<int64_t>(y) * ow;
+        const float m = mean[ch], iv = inv[ch];
+        if (p.mirror) {
+          for (int x = 0; x < ow; x++) o[x] = StoreAs<Out>((v[c * (ow - 1 - x) + ch] - m) * iv);
+        } else {
+          for (int x = 0; x < ow; x++) o[x] = StoreAs<Out>((v[c * x + ch] - m) * iv);
+        }
+      }
+    }
+    for (int r = 0; r < p.num_erase; r++) {
+      const int *e = p.erase[r];
+      if (y < e[0] || y >= e[2]) continue;
+      int x0 = std::max(e[1], 0), x1 = std::min(e[3], ow);
+      for (int x = x0; x < x1; x++) {
+        for (int ch = 0; ch < c; ch++) {
+          float fill = 0.0f;
+          if (opt_.erase_mode == kEraseRand) {
+            fill = NormalAt(p.seed, RandStream(r), static_cast<uint32_t>(ch));
+          } else if (opt_.erase_mode == kErasePixel) {
+            fill = NormalAt(p.seed, PixelStream(),
+                            static_cast<uint32_t>((static_cast<int64_t>(y) * ow + x) * c + ch));
+          }
+          int64_t at = opt_.out_chw ? ch * plane + static_cast<int64_t>(y) * ow + x
+                                    : (static_cast<int64_t>(y) * ow + x) * c + ch;
+          out[at] = StoreAs<Out>(fill);
+        }
+      }
+    }
+  }
+
+  FusedOptions opt_;
+  FusedPlan plan_;
+};
+
+}  // namespace dalimix
+
+namespace dali {
+
+DALI_SCHEMA(dalimix__ResampleMix)
+    .DocStr(R"(Resample, mix, flip, normalise and erase a batch of images in one pass.
+
+Per output pixel: a triangle-filter resample of the sample's image to `size` (bilinear, centre-aligned as
+DALI's linear resize; antialiased downscaling with `antialias`), then mixup (blend with `partner`
+resampled the same way, own share `weight`) or CutMix (the partner's pixel inside `box`), then a
+horizontal flip (`mirror`), then `(v - mean) / std`, then random erasing of the `erase` regions, stored
+as `dtype` in `output_layout`.)")
+    .NumInput(1)
+    .NumOutput(1)
+    .AddOptionalArg<int>("size", "Output (height, width); empty: each image's own size.", std::vector<int>{})
+    .AddOptionalArg("antialias", "Antialias downscaling (a triangle filter as wide as the scale).", false)
+    .AddOptionalArg("partner", "Index in the batch of the sample mixed in (-1: none).", -1, true)
+    .AddOptionalArg("kind", "0 none, 1 mixup, 2 CutMix.", 0, true)
+    .AddOptionalArg("weight", "Share of the own image in a mixup blend.", 1.0f, true)
+    .AddOptionalArg<int>("box", "CutMix region (y0, x0, y1, x1) taken from the partner.",
+                         std::vector<int>{0, 0, 0, 0}, true)
+    .AddOptionalArg("mirror", "Flip horizontally (after mixing).", 0, true)
+    .AddOptionalArg<float>("mean", "Subtracted per channel (one value or one per channel).",
+                           std::vector<float>{0.0f})
+    .AddOptionalArg<float>("std", "Divided per channel (one value or one per channel).",
+                           std::vector<float>{1.0f})
+    .AddOptionalTypeArg("dtype", "Output type: FLOAT, FLOAT16 or UINT8 (rounded to nearest); default: the "
+                        "input's type.")
+    .AddOptionalArg("output_layout", "\"CHW\" or \"HWC\".", "CHW")
+    .AddOptionalArg("input_layout", "\"HWC\" or \"CHW\"; empty: the input's layout, else HWC.", "")
+    .AddOptionalArg<int>("erase", "Up to 8 regions (y0, x0, y1, x1) per sample, in output coordinates, "
+                         "filled after normalisation; empty regions are skipped.", std::vector<int>{}, true)
+    .AddOptionalArg("erase_mode", "0: fill 0; 1: one normal value per region and channel; 2: normal noise "
+                    "per pixel.", 0)
+    .AddOptionalArg("erase_seed", "Per-sample seed of the erasing noise.", 0, true);
+
+DALI_REGISTER_OPERATOR(dalimix__ResampleMix, ::dalimix::ResampleMixCPU, CPU);
+
+}  // namespace dali
