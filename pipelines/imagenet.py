@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
+from dalimix import native
 from dalimix.config import MixConfig
 from dalimix.dataset import Dataset, read_file_list, scan_folder
 from dalimix.ops import erasing as erasing_ops
 from dalimix.ops.mix import mix as mix_images
+from dalimix.ops.mix import mix_draws, native_mix_params
 from dalimix.ops.schedule import MixSchedule
 from dalimix.ops.targets import smoothed_targets
 from dalimix.source import FileSource
@@ -58,7 +61,7 @@ def _load(data_dir: str | os.PathLike, file_list: Optional[str], verify: bool,
           classes: Optional[Sequence[str]]) -> Dataset:
     if file_list is not None:
         return read_file_list(file_list, data_dir, classes=classes, verify=verify)
-    return scan_folder(data_dir, verify=verify)
+    return scan_folder(data_dir, verify=verify, classes=classes)
 
 
 def _seeds(seed: Optional[int], shard_id: int, num_shards: int) -> tuple[int, int]:
@@ -79,6 +82,105 @@ def normalize_images(images: Any, *, crop: Optional[int], mirror: Any, dtype: st
     return fn.crop_mirror_normalize(
         images, dtype=DTYPES[dtype], output_layout=layout, crop=(crop, crop) if crop else None,
         mean=[m * 255 for m in mean], std=[s * 255 for s in std], mirror=mirror)
+
+
+# Where a truncated train graph stops (the profiler's stage breakdown). The native path has no separate
+# resize: "augment" is the fused resample + flip + normalise, "mix" adds mixing to it.
+STAGES = {"native": ("read", "decode", "augment", "mix"), "stock": ("read", "decode", "resize", "augment", "mix")}
+
+
+@dataclass(frozen=True)
+class TrainGraph:
+    """The body of the ImageNet train graph, from encoded files to (images, targets).
+
+    One definition serves `train_pipeline` and the profiler's truncated stage graphs, so they cannot drift.
+    With dalimix's native plugin, decode is followed by one fused operator (resample the random-resized
+    crop, mix, flip, normalise, erase); without it, by stock DALI operators doing the same.
+    """
+
+    crop: int
+    device: str
+    device_id: Optional[int]
+    mix: Optional[MixConfig]
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    flip_prob: float
+    dtype: str
+    layout: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    antialias: bool
+    erasing: erasing_ops.ErasingConfig
+
+    @property
+    def native(self) -> bool:
+        return native.available(self.device, self.device_id)
+
+    def __call__(self, jpegs: Any, labels: Any, enabled: Any = None, stop: Optional[str] = None) -> tuple[Any, Any]:
+        if stop == "read":
+            return jpegs, labels
+        images = fn.decoders.image_random_crop(
+            jpegs, device="mixed" if self.device == "gpu" else "cpu", output_type=types.RGB,
+            random_area=list(self.scale), random_aspect_ratio=list(self.ratio), num_attempts=10)
+        if stop == "decode":
+            return images, labels
+        mixing = self.mix is not None and self.mix.mixing and stop in (None, "mix")
+        if enabled is None and mixing:
+            enabled = fn.cast(fn.cast(labels, dtype=types.FLOAT) * 0.0 + 1.0, dtype=types.BOOL)
+        body = self._native if self.native else self._stock
+        images, targets = body(images, labels, enabled, mixing, stop)
+        return images, (targets.gpu() if self.device == "gpu" else targets)
+
+    def _targets(self, labels: Any) -> Any:
+        if self.mix is not None and self.mix.soft_targets:
+            return smoothed_targets(labels, self.mix.num_classes, self.mix.label_smoothing)
+        return labels
+
+    def _mirror(self) -> Any:
+        return fn.random.coin_flip(probability=self.flip_prob) if self.flip_prob > 0 else None
+
+    def _native(self, images: Any, labels: Any, enabled: Any, mixing: bool, stop: Optional[str]) -> tuple[Any, Any]:
+        size = [self.crop, self.crop]
+        args: dict[str, Any] = dict(size=size, antialias=self.antialias, mean=[m * 255 for m in self.mean],
+                                    std=[s * 255 for s in self.std], dtype=DTYPES[self.dtype],
+                                    output_layout=self.layout, device=self.device)
+        mirror = self._mirror()
+        if mirror is not None:
+            args["mirror"] = mirror
+        if mixing:
+            partner, kind, lam, box, targets = native_mix_params(self.mix, labels, mix_draws(self.mix, labels),
+                                                                 enabled, size=(self.crop, self.crop))
+            args.update(partner=partner, kind=kind, weight=lam, box=box)
+        else:
+            targets = self._targets(labels)
+        if self.erasing.prob > 0 and stop is None:
+            cfg = self.erasing
+            apply = fn.random.coin_flip(probability=cfg.prob, dtype=types.BOOL)
+            uniforms = fn.random.uniform(range=[0.0, 1.0], shape=[1 + 4 * erasing_ops.ATTEMPTS * cfg.count])
+            args.update(erase=fn.dalimix.erase_params(apply, uniforms, count=cfg.count, size=size),
+                        erase_mode=erasing_ops.MODES.index(cfg.mode),
+                        erase_seed=fn.random.uniform(range=[0, 2 ** 31 - 1], dtype=types.INT32))
+        return fn.dalimix.resample_mix(images, **args), targets
+
+    def _stock(self, images: Any, labels: Any, enabled: Any, mixing: bool, stop: Optional[str]) -> tuple[Any, Any]:
+        images = fn.resize(images, resize_x=self.crop, resize_y=self.crop, interp_type=types.INTERP_LINEAR,
+                           antialias=self.antialias)
+        if stop == "resize":
+            return images, labels
+        mirror = self._mirror()
+
+        def finish(branch: Any, take: Any) -> Any:
+            # Flip and normalise per branch, so mixup blends stay float (no rounding, no uint8 cast).
+            return normalize_images(branch, crop=None, mirror=take(mirror) if mirror is not None else 0,
+                                    dtype=self.dtype, layout=self.layout, mean=self.mean, std=self.std)
+
+        if mixing:
+            images, targets = mix_images(images, labels, self.mix, layout="HWC", enabled=enabled, finish=finish)
+        else:
+            images, targets = finish(images, lambda node: node), self._targets(labels)
+        if self.erasing.prob > 0 and stop is None:
+            images = erasing_ops.random_erasing(images, self.erasing, layout=self.layout)
+        return images, targets
 
 
 def _attach(pipe: Any, *, source: FileSource, dataset: Dataset, outputs: Sequence[str], last_batch: str,
@@ -128,6 +230,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
         raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
     if mix is not None and not isinstance(mix, MixConfig):
         raise ValueError(f"mix must be None or a dalimix.MixConfig, got {type(mix).__name__}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     erasing = erasing_ops.ErasingConfig(prob=re_prob, mode=re_mode, count=re_count)
     if mix_off_epoch is not None and (isinstance(mix_off_epoch, bool) or not isinstance(mix_off_epoch, int)
                                       or mix_off_epoch < 0):
@@ -144,38 +248,19 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                         start_epoch=start_epoch)
     schedule = MixSchedule(source, off_epoch=mix_off_epoch) if mix is not None and mix.mixing else None
     layout = "HWC" if channels_last else "CHW"
-    decode_device = "mixed" if device == "gpu" else "cpu"
+    body = TrainGraph(crop=crop, device=device, device_id=dev_id, mix=mix, scale=scale, ratio=ratio,
+                      flip_prob=flip_prob, dtype=dtype, layout=layout, mean=tuple(mean), std=tuple(std),
+                      antialias=antialias, erasing=erasing)
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=aug_seed,
                   prefetch_queue_depth=prefetch_queue_depth, enable_checkpointing=True)
     def graph():
         jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
                                            dtype=[types.UINT8, types.INT32])
-        images = fn.decoders.image_random_crop(
-            jpegs, device=decode_device, output_type=types.RGB, random_area=list(scale),
-            random_aspect_ratio=list(ratio), num_attempts=10)
-        images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_LINEAR,
-                           antialias=antialias)
-        mirror = fn.random.coin_flip(probability=flip_prob) if flip_prob > 0 else None
-
-        def finish(branch: Any, take: Any) -> Any:
-            # Flip and normalise per branch, so mixup blends stay float (no rounding, no uint8 cast).
-            return normalize_images(branch, crop=None, mirror=take(mirror) if mirror is not None else 0,
-                                    dtype=dtype, layout=layout, mean=mean, std=std)
-
-        if mix is not None and mix.mixing:
+        enabled = None
+        if schedule is not None:
             enabled = fn.external_source(source=schedule, batch=True, batch_info=True, dtype=types.BOOL)
-            images, targets = mix_images(images, labels, mix, layout="HWC", enabled=enabled, finish=finish)
-        else:
-            images = finish(images, lambda node: node)
-            if mix is not None and mix.soft_targets:
-                targets = smoothed_targets(labels, mix.num_classes, mix.label_smoothing)
-                targets = targets.gpu() if device == "gpu" else targets
-            else:
-                targets = labels.gpu() if device == "gpu" else labels
-        if erasing.prob > 0:
-            images = erasing_ops.random_erasing(images, erasing, layout=layout)
-        return images, targets
+        return body(jpegs, labels, enabled)
 
     pipe = graph(checkpoint=checkpoint) if checkpoint is not None else graph()
     return _attach(pipe, source=source, dataset=dataset, outputs=("images", "targets"), last_batch="drop",

@@ -33,7 +33,8 @@ from dalimix.dataset import scan_folder  # noqa: E402
 from dalimix.profiling import (Contender, TorchBatchMix, dataloader_pids, model_step_rate,  # noqa: E402
                                torchvision_loader)
 from pipelines.imagenet import train_pipeline  # noqa: E402
-from pipelines.profiling import STAGES, stage_pipeline  # noqa: E402
+from pipelines.profiling import stage_pipeline, stages  # noqa: E402
+from dalimix import native  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch", default="resnet50", help="model for the GPU step rate")
     p.add_argument("--no-stages", action="store_true", help="skip the stage breakdown")
     p.add_argument("--no-torchvision", action="store_true", help="skip the torchvision baselines")
+    p.add_argument("--no-stock", action="store_true",
+                   help="skip the stock-DALI-operator graphs (the fallback without dalimix's native operators)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a bar chart PNG here")
     a = p.parse_args(argv)
@@ -78,6 +81,14 @@ def contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
         Contender("mix_off", lambda: DaliLoader(train_pipeline(a.data, dtype=a.dtype, **common))),
         Contender("mix_on", lambda: DaliLoader(train_pipeline(a.data, dtype=a.dtype, mix=mix, **common))),
     ]
+    if native.available(a.device) and not a.no_stock:
+        # The stock-operator graph dalimix falls back to without a compiler, measured in the same run.
+        def stock(**kw):
+            def make():
+                with native.stock_operators():
+                    return DaliLoader(train_pipeline(a.data, dtype=a.dtype, **kw, **common))
+            return make
+        out += [Contender("mix_off_stock", stock()), Contender("mix_on_stock", stock(mix=mix))]
     if not a.no_torchvision:
         batch_mix = TorchBatchMix(mix)
         gpu = a.device == "gpu"
@@ -105,7 +116,7 @@ def stage_contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]
 
     def make(stage):
         return lambda: _RawPipe(stage_pipeline(a.data, stage, **common))
-    return [Contender(f"stage_{s}", make(s), step=lambda b: b) for s in STAGES]
+    return [Contender(f"stage_{s}", make(s), step=lambda b: b) for s in stages(a.device)]
 
 
 class _RawPipe:
@@ -155,22 +166,11 @@ def main(argv=None) -> dict:
         rates = {c.name[len("stage_"):]: c.median()["images_per_sec"] for c in sgroup}
         rates["copy_to_torch"] = results["mix_on"]["images_per_sec"]
         ms = {k: 1000.0 / v for k, v in rates.items()}
-        order = ["read", "decode", "resize", "mix", "normalize", "copy_to_torch"]
-        # each stage's cost: time per image of the graph up to it minus the graph before it
-        prev = {"read": None, "decode": "read", "resize": "decode", "mix": "resize", "normalize": "resize",
-                "copy_to_torch": "mix"}
-        stages = {"images_per_sec": {k: round(rates[k], 1) for k in order}}
-        costs = {}
-        for k in order:
-            base = ms[prev[k]] if prev[k] else 0.0
-            if k == "mix":  # graphs: resize -> mix -> normalize vs resize -> normalize
-                costs[k] = ms["mix"] - ms["normalize"]
-            elif k == "normalize":
-                costs[k] = ms["normalize"] - ms["resize"]
-            elif k == "copy_to_torch":
-                costs[k] = ms["copy_to_torch"] - ms["mix"]
-            else:
-                costs[k] = ms[k] - base
+        order = [c.name[len("stage_"):] for c in sgroup] + ["copy_to_torch"]
+        # Each stage's cost: time per image of the graph up to it minus the graph before it.
+        stages = {"path": "native" if native.available(a.device) else "stock",
+                  "images_per_sec": {k: round(rates[k], 1) for k in order}}
+        costs = {k: ms[k] - (ms[order[i - 1]] if i else 0.0) for i, k in enumerate(order)}
         stages["ms_per_image"] = {k: round(v, 4) for k, v in costs.items()}
     if a.device == "gpu":
         results["model_step"] = {"images_per_sec": model_step_rate(a.arch, batch_size=a.batch_size, crop=a.crop),
@@ -184,6 +184,9 @@ def main(argv=None) -> dict:
         "mix_on_vs_mix_off": ratio(results, "mix_on", "mix_off"),
         "torchvision_mix_vs_torchvision": ratio(results, "torchvision_mix", "torchvision"),
         "mix_on_vs_model_step": ratio(results, "mix_on", "model_step"),
+        "mix_on_vs_mix_on_stock": ratio(results, "mix_on", "mix_on_stock"),
+        "mix_off_vs_mix_off_stock": ratio(results, "mix_off", "mix_off_stock"),
+        "mix_on_stock_vs_mix_off_stock": ratio(results, "mix_on_stock", "mix_off_stock"),
     }
     ratios = {k: v for k, v in ratios.items() if v is not None}
     report = {

@@ -8,9 +8,10 @@ dalimix warns once and its graphs use stock DALI operators instead. No torch her
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 _state: dict = {}
 
@@ -44,6 +45,7 @@ def load() -> bool:
                 try:
                     plugin_manager.load_library(str(built.gpu))
                     _state["gpu"] = True
+                    _state["gpu_path"] = str(built.gpu)
                 except RuntimeError as exc:
                     _state["gpu_why"] = f"loading {built.gpu} failed: {exc}"
             else:
@@ -61,13 +63,51 @@ def load() -> bool:
     return _state["cpu"]
 
 
-def available(device: str = "cpu") -> bool:
-    """Whether the native operators run on `device` ("cpu" or "gpu")."""
+def _probe_gpu(device_id: int) -> str:
+    """"" when the CUDA kernels can run on GPU `device_id`, else why not (asked once per device)."""
+    probes = _state.setdefault("probes", {})
+    if device_id not in probes:
+        import ctypes
+        msg = ctypes.create_string_buffer(512)
+        lib = ctypes.CDLL(_state["gpu_path"])
+        failed = lib.dalimix_cuda_probe(ctypes.c_int(device_id), msg, ctypes.c_int(len(msg)))
+        probes[device_id] = msg.value.decode(errors="replace") if failed else ""
+        if failed:
+            warnings.warn(f"dalimix: the native CUDA operator cannot run on GPU {device_id} ({probes[device_id]}); "
+                          f"GPU pipelines use stock DALI operators instead.", RuntimeWarning, stacklevel=3)
+    return probes[device_id]
+
+
+def available(device: str = "cpu", device_id: Optional[int] = None) -> bool:
+    """Whether the native operators run on `device` ("cpu" or "gpu"; with `device_id`, that GPU)."""
     load()
-    return bool(_state["gpu" if device == "gpu" else "cpu"])
+    if _forced_off:
+        return False
+    if device != "gpu":
+        return bool(_state["cpu"])
+    if not _state["gpu"]:
+        return False
+    return device_id is None or _probe_gpu(device_id) == ""
 
 
 def why_unavailable(device: str = "cpu") -> str:
     """Why the native operators do not run on `device` ("" when they do)."""
     load()
+    if _forced_off:
+        return "switched off by dalimix.native.stock_operators()"
     return _state["gpu_why" if device == "gpu" else "why"]
+
+
+_forced_off = False
+
+
+@contextlib.contextmanager
+def stock_operators() -> Iterator[None]:
+    """Graphs defined inside this block use stock DALI operators, as where no compiler is found: for
+    comparing the two paths (tests, the profiler). Only graph definition needs to happen inside."""
+    global _forced_off
+    before, _forced_off = _forced_off, True
+    try:
+        yield
+    finally:
+        _forced_off = before

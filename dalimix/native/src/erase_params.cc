@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "fused_args.h"
 #include "fused_math.h"
@@ -18,9 +19,9 @@ constexpr int kAttempts = 10;
 constexpr double kAreaLo = 0.02, kAreaHi = 1.0 / 3.0;
 }  // namespace
 
-class EraseParamsCPU : public dali::Operator<CPUBackend> {
+class EraseParamsCPU : public dali::StatelessOperator<CPUBackend> {
  public:
-  explicit EraseParamsCPU(const dali::OpSpec &spec) : dali::Operator<CPUBackend>(spec) {
+  explicit EraseParamsCPU(const dali::OpSpec &spec) : dali::StatelessOperator<CPUBackend>(spec) {
     count_ = spec.GetArgument<int>("count");
     DALI_ENFORCE(count_ >= 1 && count_ <= kMaxEraseRegions,
                  dali::make_string("dalimix.erase_params: `count` must be 1 to ", kMaxEraseRegions));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dali/core/float16.h"
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "fused_args.h"
 
@@ -142,10 +143,10 @@ struct RowScratch {
   std::vector<float> tmp, own, other, mixed;
 };
 
-class ResampleMixCPU : public dali::Operator<CPUBackend> {
+class ResampleMixCPU : public dali::StatelessOperator<CPUBackend> {
  public:
   explicit ResampleMixCPU(const dali::OpSpec &spec)
-      : dali::Operator<CPUBackend>(spec), opt_(ReadFusedOptions(spec)) {}
+      : dali::StatelessOperator<CPUBackend>(spec), opt_(ReadFusedOptions(spec)) {}
 
  protected:
   bool SetupImpl(std::vector<OutputDesc> &output_desc, const Workspace &ws) override {

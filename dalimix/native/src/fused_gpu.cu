@@ -4,8 +4,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <vector>
 
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "fused_args.h"
 
@@ -140,10 +142,10 @@ void Check(cudaError_t err, const char *what) {
 
 }  // namespace
 
-class ResampleMixGPU : public dali::Operator<GPUBackend> {
+class ResampleMixGPU : public dali::StatelessOperator<GPUBackend> {
  public:
   explicit ResampleMixGPU(const dali::OpSpec &spec)
-      : dali::Operator<GPUBackend>(spec), opt_(ReadFusedOptions(spec)) {}
+      : dali::StatelessOperator<GPUBackend>(spec), opt_(ReadFusedOptions(spec)) {}
 
  protected:
   bool SetupImpl(std::vector<OutputDesc> &output_desc, const Workspace &ws) override {
@@ -218,6 +220,37 @@ class ResampleMixGPU : public dali::Operator<GPUBackend> {
 };
 
 }  // namespace dalimix
+
+// Whether this library's kernels can run on `device`: the driver must support the CUDA version the
+// plugin was compiled with (a newer toolkit than the DALI wheel's), and the GPU must be one it has code
+// for. Leaves the calling thread's current device alone. Returns 0, or an error with `msg` filled in.
+extern "C" __attribute__((visibility("default"))) int dalimix_cuda_probe(int device, char *msg, int len) {
+  int driver = 0, count = 0, major = 0, minor = 0;
+  cudaError_t err = cudaDriverGetVersion(&driver);
+  if (err == cudaSuccess && driver < CUDART_VERSION) {
+    snprintf(msg, len, "the NVIDIA driver supports CUDA %d.%d but dalimix's kernels were compiled with CUDA "
+             "%d.%d (update the driver, or put an nvcc of CUDA <= %d.%d first on PATH and rebuild)",
+             driver / 1000, driver % 1000 / 10, CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10,
+             driver / 1000, driver % 1000 / 10);
+    return 1;
+  }
+  if (err == cudaSuccess) err = cudaGetDeviceCount(&count);
+  if (err == cudaSuccess && (device < 0 || device >= count)) {
+    snprintf(msg, len, "no CUDA device %d (%d visible)", device, count);
+    return 1;
+  }
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (err != cudaSuccess) {
+    snprintf(msg, len, "CUDA runtime: %s", cudaGetErrorString(err));
+    return 1;
+  }
+  if (major * 10 + minor < 75) {
+    snprintf(msg, len, "GPU %d has compute capability %d.%d; the kernels need 7.5 or newer", device, major, minor);
+    return 1;
+  }
+  return 0;
+}
 
 namespace dali {
 

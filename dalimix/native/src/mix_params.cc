@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "fused_args.h"
 
@@ -41,9 +42,9 @@ int64_t Clip(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ?
 
 }  // namespace
 
-class MixParamsCPU : public dali::Operator<CPUBackend> {
+class MixParamsCPU : public dali::StatelessOperator<CPUBackend> {
  public:
-  explicit MixParamsCPU(const dali::OpSpec &spec) : dali::Operator<CPUBackend>(spec) {
+  explicit MixParamsCPU(const dali::OpSpec &spec) : dali::StatelessOperator<CPUBackend>(spec) {
     mode_ = spec.GetArgument<std::string>("mode");
     DALI_ENFORCE(mode_ == "batch" || mode_ == "pair" || mode_ == "elem",
                  "dalimix.mix_params: `mode` must be \"batch\", \"pair\" or \"elem\"");

@@ -1,0 +1,90 @@
+"""Plain NumPy references for dalimix's native operators (float64 unless the operator's own arithmetic is
+float32 by definition, as for the erasing noise).
+
+resample: a triangle filter centred like DALI's linear resize (radius 1 = bilinear; with antialias, as
+wide as the downscale), borders clamped. Then mixup / CutMix with the partner, horizontal flip,
+`(v - mean) / std`, and the erase regions filled last.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+M64 = (1 << 64) - 1
+
+
+def axis_taps(n_in: int, n_out: int, antialias: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    scale = n_in / n_out
+    radius = scale if antialias and scale > 1 else 1.0
+    out = []
+    for o in range(n_out):
+        centre = (o + 0.5) * scale - 0.5
+        first = int(np.floor(centre - radius)) + 1
+        last = int(np.floor(centre + radius))
+        idx = np.arange(first, last + 1)
+        w = np.maximum(0.0, 1.0 - np.abs(idx - centre) / radius)
+        out.append((np.clip(idx, 0, n_in - 1), w / w.sum()))
+    return out
+
+
+def resample(img_hwc: np.ndarray, oh: int, ow: int, antialias: bool = False) -> np.ndarray:
+    img = img_hwc.astype(np.float64)
+    rows = np.stack([np.tensordot(w, img[i], axes=(0, 0)) for i, w in axis_taps(img.shape[0], oh, antialias)])
+    return np.stack([np.tensordot(w, rows[:, i], axes=(0, 1)) for i, w in axis_taps(img.shape[1], ow, antialias)],
+                    axis=1)
+
+
+def hash3(a: int, b: int, c: int) -> int:
+    x = ((a << 32) ^ ((b * 0x9E3779B97F4A7C15) & M64) ^ ((c * 0xC2B2AE3D27D4EB4F) & M64)) & M64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    x ^= x >> 31
+    return x & 0xFFFFFFFF
+
+
+def normal_at(seed: int, stream: int, index: int) -> float:
+    h1 = hash3(seed & 0xFFFFFFFF, stream, (2 * index) & 0xFFFFFFFF)
+    h2 = hash3(seed & 0xFFFFFFFF, stream, (2 * index + 1) & 0xFFFFFFFF)
+    u1 = np.float32((h1 >> 8) + 1) * np.float32(1.0 / 16777217.0)
+    u2 = np.float32(h2 >> 8) * np.float32(1.0 / 16777216.0)
+    return float(np.sqrt(np.float32(-2.0) * np.log(u1)) * np.cos(np.float32(2 * np.pi) * u2))
+
+
+def fused(images: list[np.ndarray], *, size=None, antialias=False, partner=None, kind=None, weight=None,
+          box=None, mirror=None, mean=(0.0,), std=(1.0,), erase=None, erase_mode=0, seed=None) -> list[np.ndarray]:
+    """HWC float64 outputs of `resample_mix` for HWC inputs and per-sample parameters."""
+    n = len(images)
+    partner = list(range(n)) if partner is None else partner
+    kind = [0] * n if kind is None else kind
+    out = []
+    for i, img in enumerate(images):
+        oh, ow = size if size is not None else img.shape[:2]
+        c = img.shape[2]
+        own = resample(img, oh, ow, antialias)
+        k = kind[i] if partner[i] != i else 0
+        if k == 1:
+            v = weight[i] * own + (1 - weight[i]) * resample(images[partner[i]], oh, ow, antialias)
+        elif k == 2:
+            v = own.copy()
+            y0, x0, y1, x1 = box[i]
+            v[y0:y1, x0:x1] = resample(images[partner[i]], oh, ow, antialias)[y0:y1, x0:x1]
+        else:
+            v = own
+        if mirror is not None and mirror[i]:
+            v = v[:, ::-1]
+        v = (v - np.broadcast_to(np.asarray(mean, np.float64), (c,))) / np.broadcast_to(np.asarray(std, np.float64),
+                                                                                          (c,))
+        regions = [] if erase is None else [r for r in np.asarray(erase[i]).reshape(-1, 4) if r[2] > r[0] and r[3] > r[1]]
+        for r, (y0, x0, y1, x1) in enumerate(regions):
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    for ch in range(c):
+                        if erase_mode == 0:
+                            v[y, x, ch] = 0.0
+                        elif erase_mode == 1:
+                            v[y, x, ch] = normal_at(seed[i], r, ch)
+                        else:
+                            v[y, x, ch] = normal_at(seed[i], 1000, (y * ow + x) * c + ch)
+        out.append(v)
+    return out
