@@ -7,7 +7,10 @@ and only rank 0 shows progress bars and writes files. It never imports `pipeline
 knows about DALI is the pipeline checkpoint that makes a resumed run draw the same augmentations.
 
 Output of `fit` (rank 0, in `output`): `metrics.jsonl` (a line per epoch), `summary.json`, `checkpoint.pt`
-(latest, every epoch), `best.pt` (best val top-1) and `curves.png`.
+(latest, every epoch), `best.pt` (best val top-1) and `curves.png`. Every file is written to a tmp name and
+renamed, the checkpoint first; a resumed `fit` repairs whatever a crash between two writes left behind.
+Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts, bytes) and load with
+`torch.load(weights_only=True)`: loading one never runs code.
 """
 from __future__ import annotations
 
@@ -34,10 +37,11 @@ from dalimix.losses import SoftTargetCrossEntropy
 __all__ = [
     "param_groups", "warmup_cosine", "unwrap", "accuracy_counts", "train_one_epoch", "evaluate",
     "rng_state", "set_rng_state", "dali_checkpoint", "restore_dali_checkpoint", "save_checkpoint",
-    "load_checkpoint", "SeenRecorder", "FitConfig", "TrainState", "fit",
+    "load_checkpoint", "convert_checkpoint", "checkpoint_epoch", "CheckpointError", "restore_schedule",
+    "repair_outputs", "OUTPUT_FILES", "SeenRecorder", "FitConfig", "TrainState", "fit",
 ]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: plain data only (loads with weights_only=True)
 
 
 # -- optimisation ------------------------------------------------------------------------------------------
@@ -293,16 +297,35 @@ def evaluate(model: nn.Module, loader: Iterable, *, ctx: DistContext, amp_dtype:
 
 # -- state ---------------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    """This process's python, numpy, torch (and CUDA) generator states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's python, numpy, torch (and CUDA) generator states, as plain data (tensors, numbers)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"bit_generator": str(np_state["bit_generator"]),
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore generator states from `rng_state()` (or the tuple form of dalimix checkpoints before version 2)."""
+    py = state["python"]
+    if isinstance(py, Mapping):
+        py = (int(py["version"]), tuple(int(v) for v in torch.as_tensor(py["state"]).tolist()), py["gauss"])
+    random.setstate(py)
+    npy = state["numpy"]
+    if isinstance(npy, Mapping):
+        npy = {"bit_generator": npy["bit_generator"],
+               "state": {"key": np.asarray(torch.as_tensor(npy["key"]).numpy(), dtype=np.uint32),
+                         "pos": int(npy["pos"])},
+               "has_gauss": int(npy["has_gauss"]), "gauss": float(npy["gauss"])}
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
@@ -335,25 +358,191 @@ def restore_dali_checkpoint(pipe: Any, checkpoint: bytes) -> None:
     pipe.build()
 
 
+def restore_schedule(scheduler: Any, state: Mapping[str, Any], *, epoch: int, steps_per_epoch: int) -> int:
+    """Load a `warmup_cosine` scheduler's checkpointed state at the start of `epoch`, in this run's steps.
+
+    The schedule's shape (total and warmup steps, built from this run's steps per epoch) is `scheduler`'s;
+    the base learning rates come from `state`. The position becomes `epoch * steps_per_epoch` and the
+    optimizer's lr is set to the schedule's value there, so a run resumed with another batch size or number
+    of ranks (other steps per epoch) still ends its last epoch at the end of the cosine. Returns the step
+    count stored in `state` (equal to the new position unless the steps per epoch changed).
+    """
+    if epoch < 0 or steps_per_epoch < 1:
+        raise ValueError(f"restore_schedule: need epoch >= 0 and steps_per_epoch >= 1, got {epoch}, {steps_per_epoch}")
+    sd = dict(state)
+    sd["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # the shape is this run's, not the checkpoint's
+    scheduler.load_state_dict(sd)
+    stored = int(sd.get("last_epoch", 0))
+    step = int(epoch) * int(steps_per_epoch)
+    scheduler.last_epoch = step
+    scheduler._step_count = step + 1
+    lrs = [base * lam(step) for lam, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    return stored
+
+
+# -- checkpoints: plain data only ---------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that is refused or cannot be read; the message names the file and the reason."""
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError naming the first entry of `obj` that is not plain data (what weights_only loads)."""
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}, not a str or int")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}: checkpoints hold only plain data "
+                    f"(tensors, numbers, strings, bytes, lists, dicts)")
+
+
+def _to_plain(obj: Any, where: str) -> Any:
+    """Plain data from what an older, trusted checkpoint held (numpy arrays and scalars become tensors/numbers)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32 else obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        items = {k: _to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        # Unchanged mappings stay as they are (a model state_dict keeps its OrderedDict and _metadata).
+        return obj if all(items[k] is v for k, v in obj.items()) else items
+    if isinstance(obj, (tuple, list)):
+        seq = [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return obj if all(a is b for a, b in zip(seq, obj)) else type(obj)(seq)
+    _check_plain(obj, where)
+    return obj
+
+
+def _legacy_safe_globals() -> list[Any]:
+    """The numpy types of version-1 dalimix checkpoints (the numpy RNG state): data, no code, safe to allow."""
+    core = getattr(np, "_core", None) or np.core
+    allowed: list[Any] = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [dtypes.UInt32DType, dtypes.Float64DType, dtypes.Int64DType]
+    return allowed
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
-    """torch.save to `path` atomically (a crash mid-write never leaves a truncated checkpoint)."""
+    """torch.save plain data to `path` atomically (tmp file, then rename): a crash mid-write never leaves a
+    truncated checkpoint. Raises TypeError naming an entry that is not plain data."""
+    state = dict(state)
+    _check_plain(state, "checkpoint")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    torch.save(dict(state), tmp)
+    torch.save(state, tmp)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint written by `fit` onto the CPU; raise a clear error for a missing or foreign file."""
-    if not os.path.isfile(path):
+def _copy_atomic(src: str, dst: str) -> None:
+    tmp = f"{dst}.tmp"
+    shutil.copyfile(src, tmp)
+    _fsync(tmp)
+    os.replace(tmp, dst)
+
+
+def load_checkpoint(path: str, *, trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by `fit` onto the CPU, as data: `torch.load(weights_only=True)`, nothing runs.
+
+    A file whose pickle needs anything but plain data (tensors, numbers, strings, lists, dicts, bytes) is
+    refused with `CheckpointError` naming the file and what it asked to run, and how to convert it; the
+    numpy RNG state of version-1 dalimix checkpoints is allowed. `trust=True` unpickles such a file in full
+    (which runs whatever code it carries: only for files from a source you trust) and returns plain data.
+    Missing files raise FileNotFoundError; foreign or corrupt files raise CheckpointError.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} is not a file")
     try:
+        with torch.serialization.safe_globals(_legacy_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported naming the file
+        text = str(exc)
+        if "Weights only load failed" not in text:
+            raise CheckpointError(f"checkpoint {path!r} could not be read: {type(exc).__name__}: "
+                                  f"{text.strip().splitlines()[0] if text.strip() else exc!r}") from None
+        reason = next((line.split("error:", 1)[1].strip() for line in text.splitlines()
+                       if "WeightsUnpickler error:" in line), "it holds more than plain data")
+        reason = reason.split(" was not an allowed global")[0].split(". Please use")[0]
+        if not trust:
+            raise CheckpointError(
+                f"checkpoint {path!r} refused: loading it would unpickle code ({reason}), and loading a checkpoint "
+                f"must never run code. dalimix checkpoints hold plain data only (tensors, numbers, strings, lists, "
+                f"dicts, bytes). If the file comes from a source you trust, convert it once with "
+                f"`python -c \"from dalimix.engine import convert_checkpoint; convert_checkpoint({path!r}, "
+                f"'converted.pt', trust=True)\"` (or pass --trust-checkpoint to scripts/train_imagenet.py) and "
+                f"use the converted file") from None
+        warnings.warn(f"checkpoint {path!r}: unpickling it in full because trust=True ({reason}); this runs any code "
+                      f"it carries", stacklevel=2)
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem means "not our checkpoint"
-        raise ValueError(f"checkpoint {path!r} could not be read: {exc}") from exc
+        state = _to_plain(state, "checkpoint") if isinstance(state, Mapping) else state
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise ValueError(f"checkpoint {path!r} is not a dalimix training checkpoint (no 'model'/'epoch' entries)")
+        raise CheckpointError(f"checkpoint {path!r} is not a dalimix training checkpoint (no 'model'/'epoch' entries)")
+    if isinstance(state.get("rng"), list):  # version 1 kept python / numpy RNG states as tuples
+        state["rng"] = [_plain_rng(r) if isinstance(r, Mapping) else r for r in state["rng"]]
     return state
+
+
+def convert_checkpoint(src: str, dst: str, *, trust: bool = False) -> dict[str, Any]:
+    """Rewrite checkpoint `src` as a plain-data checkpoint `dst` (loads with weights_only=True); returns it.
+
+    `trust=True` is needed for files that only load by running their pickle (older or foreign checkpoints):
+    it runs that code once, here, so do it only for files from a source you trust.
+    """
+    state = _to_plain(load_checkpoint(src, trust=trust), "checkpoint")
+    state["version"] = CHECKPOINT_VERSION
+    save_checkpoint(dst, state)
+    return state
+
+
+def _plain_rng(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 RNG state (python / numpy state tuples) in `rng_state()`'s form."""
+    out = dict(state)
+    py = state.get("python")
+    if isinstance(py, (tuple, list)):
+        out["python"] = {"version": int(py[0]), "state": torch.tensor([int(v) for v in py[1]], dtype=torch.int64),
+                         "gauss": py[2]}
+    npy = state.get("numpy")
+    if isinstance(npy, (tuple, list)):
+        key = npy[1]
+        key = torch.from_numpy(key.astype(np.int64)) if isinstance(key, np.ndarray) else torch.as_tensor(key)
+        out["numpy"] = {"bit_generator": str(npy[0]), "key": key.to(torch.int64),
+                        "pos": int(npy[2]), "has_gauss": int(npy[3]), "gauss": float(npy[4])}
+    return out
+
+
+def checkpoint_epoch(path: str) -> Optional[int]:
+    """The `epoch` a dalimix checkpoint file records, or None when it is missing or unreadable (never runs code)."""
+    try:
+        with torch.serialization.safe_globals(_legacy_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:  # noqa: BLE001 - any problem means "no usable epoch"
+        return None
 
 
 # -- the epoch loop ----------------------------------------------------------------------------------------------
@@ -375,6 +564,7 @@ class FitConfig:
     recorder: Optional[SeenRecorder] = None
     recorder_path: Optional[str] = None
     stop_epoch: Optional[int] = None      # leave after this many epochs are done (the schedule spans `epochs`)
+    resumed_from: Optional[str] = None    # the checkpoint file `state` came from (repairs best.pt from it)
 
 
 @dataclass
@@ -388,6 +578,14 @@ class TrainState:
     best_epoch: int = -1
     wall_time: float = 0.0
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any]) -> "TrainState":
+        """The state after the epoch `checkpoint` was written at (as `load_checkpoint` returns it)."""
+        return cls(epoch=int(checkpoint["epoch"]) + 1, history=[dict(r) for r in checkpoint.get("history", [])],
+                   best_top1=float(checkpoint.get("best_top1", -1.0)),
+                   best_top5=float(checkpoint.get("best_top5", -1.0)),
+                   best_epoch=int(checkpoint.get("best_epoch", -1)), wall_time=float(checkpoint.get("wall_time", 0.0)))
+
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -399,20 +597,91 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_json(path: str, obj: Any) -> None:
+def _write_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically: a tmp file, flushed to disk, then renamed over `path`."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as fh:
-        json.dump(_json_safe(obj), fh, indent=2, sort_keys=False)
-        fh.write("\n")
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    _write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
 def _write_metrics(path: str, history: Sequence[Mapping[str, Any]]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        for row in history:
-            fh.write(json.dumps(_json_safe(dict(row))) + "\n")
-    os.replace(tmp, path)
+    # The whole log every epoch (a few KB): an appended line could be cut in half by a crash.
+    _write_text(path, "".join(json.dumps(_json_safe(dict(row))) + "\n" for row in history))
+
+
+# What fit writes in `output`, and the temporary names a crash can leave behind.
+OUTPUT_FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "curves.png")
+_TMP_FILES = tuple(f"{name}.tmp" for name in OUTPUT_FILES) + ("curves.png.tmp.png",)
+
+
+def _plot(history: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
+    from dalimix.curves import plot_curves
+
+    try:
+        plot_curves(history, path, title=title)  # writes a tmp file, then renames it
+    except Exception as exc:  # noqa: BLE001 - a plotting failure must not kill a training run
+        warnings.warn(f"could not draw {path}: {exc}")
+
+
+def repair_outputs(output: str, state: TrainState, cfg: FitConfig, ctx: DistContext,
+                   log: Callable[[str], None] = print) -> list[str]:
+    """Make the files in `output` agree with `state` (restored from `cfg.resumed_from`) after a crash.
+
+    `fit` writes an epoch's outputs in this order: `checkpoint.pt` (the commit point), `best.pt` (a copy of
+    it when val top-1 improved), `metrics.jsonl`, `curves.png`, `summary.json`, each to a tmp file renamed
+    over the old one. A crash between two of them leaves files that lag the checkpoint; this rewrites them
+    from `state`: removes stale tmp files, rebuilds `best.pt` from the checkpoint when the checkpoint holds
+    the best epoch but `best.pt` does not, and rewrites metrics, curves and summary. Returns what it fixed.
+    Call it on the rank that writes (`fit` does, before its first epoch).
+    """
+    fixed: list[str] = []
+    for name in _TMP_FILES:
+        tmp = os.path.join(output, name)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+            fixed.append(f"removed {name}")
+    source = cfg.resumed_from
+    best = os.path.join(output, "best.pt")
+    if state.best_epoch >= 0 and source and os.path.isfile(source):
+        best_epoch = checkpoint_epoch(best) if os.path.isfile(best) else None
+        if best_epoch != state.best_epoch:
+            if checkpoint_epoch(source) == state.best_epoch:
+                if os.path.abspath(source) != os.path.abspath(best):
+                    _copy_atomic(source, best)
+                    fixed.append(f"best.pt rebuilt from {os.path.basename(source)} (epoch {state.best_epoch + 1})")
+            elif best_epoch is not None:
+                warnings.warn(f"{best} holds epoch {best_epoch + 1} but {source} says the best is epoch "
+                              f"{state.best_epoch + 1}, which neither file holds; best.pt is left as it is")
+    metrics_path = os.path.join(output, "metrics.jsonl")
+    expected = "".join(json.dumps(_json_safe(dict(row))) + "\n" for row in state.history)
+    current = open(metrics_path).read() if os.path.isfile(metrics_path) else None
+    if current != expected:
+        _write_text(metrics_path, expected)
+        if current is not None and state.history:
+            fixed.append("metrics.jsonl")
+    if state.history:
+        _plot(state.history, os.path.join(output, "curves.png"), cfg.plot_title)
+        summary_path = os.path.join(output, "summary.json")
+        summary = _summary(state, cfg, ctx)
+        try:
+            with open(summary_path) as fh:
+                old = json.load(fh)
+        except (OSError, ValueError):
+            old = None
+        if old is None or old.get("epochs_completed") != summary["epochs_completed"] \
+                or old.get("best_epoch") != summary["best_epoch"]:
+            fixed.append("summary.json")
+        _write_json(summary_path, summary)
+    if fixed:
+        log(f"repaired the outputs in {output} to agree with the checkpoint (epoch {state.epoch}): {', '.join(fixed)}")
+    return fixed
 
 
 def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.optim.Optimizer, *,
@@ -425,16 +694,15 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
     `checkpoint.pt` (model, optimizer, scheduler, AMP scaler, epoch, every rank's RNG and DALI pipeline state),
     `best.pt` when val top-1 improved, `curves.png` and `summary.json`.
     """
-    from dalimix.curves import plot_curves
-
     state = state or TrainState()
     net = unwrap(model)
     out = cfg.output
     main = ctx.is_main
     if main and out:
         os.makedirs(out, exist_ok=True)
-        # A resumed run rewrites the log from the checkpoint's history, dropping epochs past it.
-        _write_metrics(os.path.join(out, "metrics.jsonl"), state.history)
+        # A resumed run rewrites the log from the checkpoint's history (dropping epochs past it) and repairs
+        # what a crash between two writes left behind.
+        repair_outputs(out, state, cfg, ctx, log=log)
     start_wall = time.perf_counter()
     prior_wall = state.wall_time
     summary: dict[str, Any] = {}
@@ -480,17 +748,15 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
                 "best_top5": state.best_top5, "best_epoch": state.best_epoch, "wall_time": state.wall_time,
                 "run_info": cfg.run_info,
             }
+            # Each file goes to a tmp name and is renamed over the old one; the checkpoint first (the commit
+            # point): a crash before the others are written leaves them behind it, and `repair_outputs` (run
+            # by the resumed fit) rewrites them from it.
             path = os.path.join(out, "checkpoint.pt")
             save_checkpoint(path, ckpt)
             if improved:
-                shutil.copyfile(path, os.path.join(out, "best.pt.tmp"))
-                os.replace(os.path.join(out, "best.pt.tmp"), os.path.join(out, "best.pt"))
-            with open(os.path.join(out, "metrics.jsonl"), "a") as fh:
-                fh.write(json.dumps(_json_safe(row)) + "\n")
-            try:
-                plot_curves(state.history, os.path.join(out, "curves.png"), title=cfg.plot_title)
-            except Exception as exc:  # noqa: BLE001 - a plotting failure must not kill a training run
-                warnings.warn(f"could not draw curves.png: {exc}")
+                _copy_atomic(path, os.path.join(out, "best.pt"))
+            _write_metrics(os.path.join(out, "metrics.jsonl"), state.history)
+            _plot(state.history, os.path.join(out, "curves.png"), cfg.plot_title)
             _write_json(os.path.join(out, "summary.json"), summary)
         ctx.barrier()
     if cfg.recorder is not None and cfg.recorder_path:

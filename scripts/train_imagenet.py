@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import json
 import os
 import random
 import sys
@@ -32,13 +33,19 @@ distributed training:
   over ranks; only rank 0 prints progress and writes --output.
   Failures: when a worker process dies, torchrun tears the whole group down and exits non-zero. A rank that
   hangs (or a peer on another node that vanished) makes the other ranks' collectives fail after
-  --dist-timeout minutes with an error, instead of waiting forever.
+  --dist-timeout minutes with an error, instead of waiting forever. The ranks whose collectives fail name the
+  rank behind it: a rank that raised reports its error; one that died (kill -9, out of memory) is named, with
+  its node, host and pid, as the rank that did not report within --dist-report-wait seconds.
   Several nodes: see scripts/train_multi_gpu.sh.
 
 outputs (in --output): metrics.jsonl (one JSON line per epoch), summary.json, checkpoint.pt (latest),
 best.pt (best val top-1), curves.png. --resume checkpoint.pt continues from the next epoch with the same
 model, optimizer, schedule, AMP scaler, RNG and DALI augmentation state: a resumed run equals an
-uninterrupted one (same flags, same number of ranks).
+uninterrupted one (same flags, same number of ranks). With another --batch-size or number of ranks the LR
+schedule is rescaled to the new steps per epoch. Each file is written to a tmp name and renamed, the
+checkpoint first; resuming repairs whatever a crash between two writes left (resuming a checkpoint that
+completed --epochs only does that). Checkpoints are plain data, loaded with torch.load(weights_only=True):
+a file that needs more (code in its pickle) is refused unless --trust-checkpoint.
 """
 
 
@@ -111,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, metavar="DIR", help="where metrics, summary, checkpoints and curves go")
     g.add_argument("--resume", default=None, metavar="PATH", help="checkpoint.pt to continue from")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="--resume: also load a checkpoint that needs full unpickling (older or foreign files), which "
+                        "runs any code it carries; only for files from a source you trust (default: refused)")
+    g.add_argument("--discard-later-epochs", action="store_true",
+                   help="--resume from an earlier checkpoint (e.g. best.pt) into an --output whose run went further: "
+                        "drop the later epochs from metrics.jsonl and overwrite checkpoint.pt (default: refused)")
     g.add_argument("--stop-at-epoch", type=int, default=None, metavar="N",
                    help="exit after N epochs are done (the schedule still spans --epochs); continue with --resume")
     g.add_argument("--print-freq", type=int, default=10,
@@ -118,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     g.add_argument("--dist-timeout", type=float, default=30.0, metavar="MIN",
                    help="minutes before a collective waiting on a dead or stuck rank fails (default 30)")
+    g.add_argument("--dist-report-wait", type=float, default=30.0, metavar="SEC",
+                   help="after a collective failed, seconds to wait for the other ranks to report before naming "
+                        "those that did not (dead or hung; default 30)")
     g.add_argument("--dump-seen", default=None, metavar="DIR",
                    help="debug: write DIR/rank<R>_seen.json with the file indices and labels each rank read")
     return p
@@ -163,6 +179,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     need(a.re_count >= 1, "--re-count", f"must be >= 1, got {a.re_count}")
     need(a.print_freq >= 0, "--print-freq", f"must be >= 0, got {a.print_freq}")
     need(a.dist_timeout > 0, "--dist-timeout", f"must be > 0 minutes, got {a.dist_timeout}")
+    need(a.dist_report_wait >= 0, "--dist-report-wait", f"must be >= 0 seconds, got {a.dist_report_wait}")
     for flag, value in (("--max-steps-per-epoch", a.max_steps_per_epoch), ("--max-val-steps", a.max_val_steps)):
         need(value is None or value >= 1, flag, f"must be >= 1, got {value}")
     need(a.stop_at_epoch is None or 1 <= a.stop_at_epoch <= a.epochs, "--stop-at-epoch",
@@ -179,10 +196,12 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         import torch
         need(torch.cuda.is_available(), "--device", "gpu was asked for but torch sees no CUDA device (use --device cpu)")
 
-    need(os.path.isdir(a.data), "--data", f"dataset folder {a.data!r} does not exist")
+    need(os.path.exists(a.data), "--data", f"dataset folder {a.data!r} does not exist")
+    need(os.path.isdir(a.data), "--data", f"{a.data!r} is not a directory (expected a folder holding train/ and val/)")
     for split in ("train", "val"):
         path = os.path.join(a.data, split)
-        need(os.path.isdir(path), "--data", f"{path!r} does not exist (expected {split}/ with one folder per class)")
+        need(os.path.exists(path), "--data", f"{path!r} does not exist (expected {split}/ with one folder per class)")
+        need(os.path.isdir(path), "--data", f"{path!r} is not a directory (expected {split}/ with one folder per class)")
     classes = _class_folders(os.path.join(a.data, "train"))
     need(bool(classes), "--data", f"{os.path.join(a.data, 'train')!r} has no class folders")
     val_classes = _class_folders(os.path.join(a.data, "val"))
@@ -192,6 +211,38 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
                 f"they differ in {missing}")
     a.classes = classes
     a.data = os.path.abspath(a.data)  # recorded in checkpoints: the same folder however it was spelled
+
+
+def _check_resume_output(p: argparse.ArgumentParser, a: argparse.Namespace, resume: dict) -> None:
+    """Refuse (unless --discard-later-epochs) to resume into an --output whose run went past the checkpoint:
+    that would silently drop the later epochs from metrics.jsonl and overwrite checkpoint.pt."""
+    from dalimix import engine
+
+    if not a.output or not os.path.isdir(a.output):
+        return
+    epoch = int(resume["epoch"])
+    ahead = []
+    latest = os.path.join(a.output, "checkpoint.pt")
+    if os.path.isfile(latest) and not os.path.samefile(latest, a.resume):
+        later = engine.checkpoint_epoch(latest)
+        if later is not None and later > epoch:
+            ahead.append(f"checkpoint.pt is at epoch {later + 1}")
+    try:
+        with open(os.path.join(a.output, "metrics.jsonl")) as fh:
+            logged = [json.loads(line)["epoch"] for line in fh if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError):
+        logged = []
+    if logged and max(logged) > epoch:
+        ahead.append(f"metrics.jsonl logs epoch {max(logged) + 1}")
+    if not ahead:
+        return
+    msg = (f"{a.resume} is epoch {epoch + 1}, but --output {a.output} holds a run that went further "
+           f"({', '.join(ahead)}): resuming there would drop epochs {epoch + 2}.. from metrics.jsonl and overwrite "
+           f"checkpoint.pt")
+    if not a.discard_later_epochs:
+        p.error(f"--resume: {msg}. Resume from {latest} to continue that run, write to another --output to branch "
+                f"off, or pass --discard-later-epochs")
+    warnings.warn(f"--resume: {msg} (--discard-later-epochs)", stacklevel=2)
 
 
 def _class_folders(path: str) -> list[str]:
@@ -215,7 +266,7 @@ def _build_train_loader(a: argparse.Namespace, ctx: Any, mix: Any, start_epoch: 
     kwargs = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, mix=mix,
                   shard_id=ctx.rank, num_shards=ctx.world_size, seed=a.seed,
                   device_id=ctx.local_rank if a.device == "gpu" else None, channels_last=a.channels_last,
-                  re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count)
+                  re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count, classes=a.classes)
 
     def make(first_epoch: int, checkpoint: Optional[bytes]) -> Any:
         kw = dict(kwargs, start_epoch=first_epoch)
@@ -289,13 +340,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     from dalimix.distributed import init_distributed
     from pipelines.imagenet import val_pipeline
 
-    resume = engine.load_checkpoint(a.resume) if a.resume else None
-    if resume is not None:
+    resume = None
+    if a.resume:
+        try:
+            resume = engine.load_checkpoint(a.resume, trust=a.trust_checkpoint)
+        except (engine.CheckpointError, FileNotFoundError) as exc:
+            parser.error(f"--resume: {exc}")
         old = resume.get("run_info", {}).get("args", {})
         if old.get("arch") not in (None, a.arch):
             parser.error(f"--arch: the checkpoint was trained with --arch {old['arch']}, not {a.arch}")
         if a.seed is None and old.get("seed") is not None:
             a.seed = int(old["seed"])
+        _check_resume_output(parser, a, resume)
 
     ctx = init_distributed(a.device, a.dist_timeout)
     main_rank = ctx.is_main
@@ -324,9 +380,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                             num_classes=num_classes)
 
         start_epoch = int(resume["epoch"]) + 1 if resume is not None else 0
-        if start_epoch >= a.epochs:
+        plot_title = f"{a.arch} on {os.path.join(*os.path.abspath(a.data).split(os.sep)[-2:])}"
+        if start_epoch > a.epochs:
             parser.error(f"--epochs: the checkpoint already completed {start_epoch} epoch(s); "
                          f"ask for more than {start_epoch} to continue")
+        if resume is not None and start_epoch == a.epochs:
+            # A finished run (or one killed after its last checkpoint): only make the outputs agree with it.
+            if a.output and main_rank:
+                cfg = engine.FitConfig(epochs=a.epochs, output=a.output, run_info=dict(resume.get("run_info") or {}),
+                                       plot_title=plot_title, resumed_from=a.resume)
+                engine.repair_outputs(a.output, engine.TrainState.from_checkpoint(resume), cfg, ctx, log=log)
+            log(f"--resume: {a.resume} already completed all {a.epochs} epoch(s) of --epochs {a.epochs}; nothing to "
+                f"train" + (f" (the outputs in {a.output} agree with it)" if a.output else "")
+                + "; pass a larger --epochs to train on")
+            return 0
         model_kwargs: dict[str, Any] = {"num_classes": num_classes}
         if a.arch.startswith("vit_"):
             model_kwargs["image_size"] = a.crop  # ViTs are built for one input size
@@ -370,7 +437,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                     crop=a.crop, resize=a.val_resize, device=a.device, num_threads=a.threads,
                                     shard_id=ctx.rank, num_shards=ctx.world_size,
                                     device_id=ctx.local_rank if a.device == "gpu" else None,
-                                    channels_last=a.channels_last)
+                                    channels_last=a.channels_last, classes=a.classes)
             _truncate(val_pipe, a.max_val_steps)
             val_loader = DaliLoader(val_pipe)
         except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
@@ -397,11 +464,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             if resume.get("scheduler") is not None:
-                sched = dict(resume["scheduler"])
-                # The schedule's shape (total and warmup steps) comes from this run's flags, its position from
-                # the checkpoint.
-                sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
-                scheduler.load_state_dict(sched)
+                # The schedule's shape (total and warmup steps) comes from this run's flags and steps per epoch,
+                # its position from the checkpoint's epoch: another batch size or number of ranks rescales it.
+                stored = engine.restore_schedule(scheduler, resume["scheduler"], epoch=start_epoch,
+                                                 steps_per_epoch=steps)
+                if stored != start_epoch * steps:
+                    before = resume.get("run_info", {}).get("steps_per_epoch") or stored // max(1, start_epoch)
+                    log(f"--resume: {before} -> {steps} steps per epoch (--batch-size {a.batch_size} x "
+                        f"{ctx.world_size} rank(s)); the LR schedule is rescaled to {steps} steps per epoch, "
+                        f"lr {optimizer.param_groups[0]['lr']:.4g} at epoch {start_epoch + 1}")
             if scaler is not None and resume.get("scaler"):
                 scaler.load_state_dict(resume["scaler"])
             rngs = resume.get("rng") or []
@@ -410,9 +481,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             elif main_rank:
                 warnings.warn(f"--resume: the checkpoint has RNG states of {len(rngs)} rank(s), this run has "
                               f"{ctx.world_size}; model-side random draws will differ")
-            state = engine.TrainState(epoch=start_epoch, history=list(resume.get("history", [])),
-                                      best_top1=resume.get("best_top1", -1.0), best_top5=resume.get("best_top5", -1.0),
-                                      best_epoch=resume.get("best_epoch", -1), wall_time=resume.get("wall_time", 0.0))
+            state = engine.TrainState.from_checkpoint(resume)
             log(f"resumed from {a.resume}: epoch {start_epoch + 1} of {a.epochs}")
 
         n_train = len(train_loader.source.files)
@@ -431,9 +500,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             epochs=a.epochs, output=a.output, amp_dtype=amp_dtype, manifold=manifold,
             manifold_off_epoch=a.mixup_off_epoch, max_grad_norm=a.clip_grad, progress=not a.no_progress,
             print_freq=a.print_freq, run_info=run_info, data_start_epoch=data_start,
-            plot_title=f"{a.arch} on {os.path.join(*os.path.abspath(a.data).split(os.sep)[-2:])}", recorder=recorder,
+            plot_title=plot_title, recorder=recorder,
             recorder_path=os.path.join(a.dump_seen, f"rank{ctx.rank}_seen.json") if a.dump_seen else None,
-            stop_epoch=epochs_this_run)
+            stop_epoch=epochs_this_run, resumed_from=a.resume)
         t0 = time.perf_counter()
         summary = engine.fit(model, train_loader, val_loader, optimizer, ctx=ctx, cfg=cfg, scheduler=scheduler,
                              scaler=scaler, state=state, log=log)
@@ -444,9 +513,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     except Exception as exc:
         if ctx.distributed:
-            print(f"[rank {ctx.rank}/{ctx.world_size}] training failed: {type(exc).__name__}: {exc}\n"
-                  f"  (when a peer rank died or hangs, collectives fail after --dist-timeout={a.dist_timeout} min; "
-                  f"torchrun stops the other workers)", file=sys.stderr, flush=True)
+            # Name the rank behind the failure: a peer that raised reports itself; one that died (or a whole
+            # node) is named as the rank that did not answer within --dist-report-wait seconds.
+            report = ctx.failure_report(exc, wait_s=a.dist_report_wait)
+            print(f"[rank {ctx.rank}/{ctx.world_size}] training failed: {type(exc).__name__}: {exc}\n{report}",
+                  file=sys.stderr, flush=True)
         raise
     finally:
         ctx.close()

@@ -21,14 +21,16 @@
 #   NODES=2 GPUS_PER_NODE=8 NODE_RANK=0 MASTER_ADDR=10.0.0.1 scripts/train_multi_gpu.sh --data ... (node 0)
 #   NODES=2 GPUS_PER_NODE=8 NODE_RANK=1 MASTER_ADDR=10.0.0.1 scripts/train_multi_gpu.sh --data ... (node 1)
 #
-# Failures: if any worker dies, torchrun stops the workers of its node and exits non-zero; ranks on other
-# nodes see their collectives fail and exit after train_imagenet.py's --dist-timeout (minutes).
+# Failures: if any worker dies, torchrun stops the workers of its node, names the rank and exits non-zero;
+# ranks on other nodes see their collectives fail ("Connection reset by peer", or after --dist-timeout
+# minutes) and name the rank behind it: one that raised reports its error, one that was killed is named as
+# the rank that did not report within --dist-report-wait seconds (its node, host and pid).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "train_multi_gpu.sh: error: $*" >&2; exit 2; }
 
 nodes="${NODES:-1}"

@@ -64,7 +64,7 @@ def metrics(out: Path) -> list[dict]:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # checkpoints are plain data
 
 
 # -- engine units (fast) ------------------------------------------------------------------------------------
