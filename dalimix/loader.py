@@ -74,7 +74,13 @@ class DaliLoader:
             with warnings.catch_warnings():
                 # DALI warns that external_source-driven pipelines have no known size; we track it.
                 warnings.simplefilter("ignore")
-                self._iterator = DALIGenericIterator(self.pipeline, self.output_map, **kwargs)
+                try:
+                    self._iterator = DALIGenericIterator(self.pipeline, self.output_map, **kwargs)
+                except RuntimeError as exc:
+                    settings = getattr(self.pipeline, "dalimix_settings", None)
+                    if settings is None:
+                        raise
+                    raise RuntimeError(f"building the DALI pipeline ({settings}) failed: {exc}") from exc
         return self._iterator
 
     def checkpoint(self) -> bytes:
@@ -120,7 +126,8 @@ class DaliLoader:
                 t = t.reshape(t.shape[0], -1)
                 t = t.reshape(-1).long() if t.shape[1] == 1 else t.long()
             out.append(t)
-        self._empty = tuple(t[:0] for t in out)
+        # Real empty tensors, not views of this batch: a view would keep the batch's (zero-copy, GPU) memory alive.
+        self._empty = tuple(torch.empty((0, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in out)
         return tuple(out)
 
     def _explain(self, exc: RuntimeError) -> Exception:
@@ -135,4 +142,6 @@ class DaliLoader:
         bad = find_undecodable(candidates) if candidates else []
         if bad:
             return DecodeError(bad, str(exc))
-        return RuntimeError(f"DALI pipeline failed in epoch {self.epoch}, batch {self._in_epoch}: {exc}")
+        settings = getattr(self.pipeline, "dalimix_settings", None)
+        where = f" ({settings})" if settings else ""
+        return RuntimeError(f"DALI pipeline{where} failed in epoch {self.epoch}, batch {self._in_epoch}: {exc}")

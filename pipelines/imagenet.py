@@ -47,6 +47,23 @@ def _range_pair(name: str, value: Any, low: float = 0.0) -> tuple[float, float]:
     return a, b
 
 
+def _prefetch(value: Any, *, graph_reads_gpu_shapes: bool = False) -> Any:
+    """Check `prefetch_queue_depth`: an int >= 1, or {"cpu_size": n, "gpu_size": m} for separate queues."""
+    if isinstance(value, dict):
+        if set(value) != {"cpu_size", "gpu_size"} or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value.values()):
+            raise ValueError(f"prefetch_queue_depth must be an int >= 1 or a dict with int 'cpu_size' and 'gpu_size' "
+                             f">= 1, got {value!r}")
+        if graph_reads_gpu_shapes:
+            # Separate queues switch DALI's dynamic executor off, and without it a GPU graph cannot read its
+            # shapes on the CPU, which the stock-operator graph does for mixing and erasing.
+            raise ValueError("prefetch_queue_depth as a dict (separate CPU/GPU queues) cannot be used with mixing or "
+                             "random erasing on the GPU without dalimix's native operators "
+                             f"({native.why_unavailable('gpu')}); give an int")
+        return {k: int(v) for k, v in value.items()}
+    return _positive_int("prefetch_queue_depth", value)
+
+
 def _device_id(device: str, device_id: Optional[int]) -> Optional[int]:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -116,6 +133,17 @@ class TrainGraph:
     def native(self) -> bool:
         return native.available(self.device, self.device_id)
 
+    def describe(self) -> str:
+        """The settings a failure may come from, by their `train_pipeline` names."""
+        mixing = f"mix={self.mix.mode} mixup_alpha={self.mix.mixup_alpha} cutmix_alpha={self.mix.cutmix_alpha}" \
+            if self.mix is not None and self.mix.mixing else "mix=off"
+        erase = f"re_prob={self.erasing.prob} re_mode={self.erasing.mode!r} re_count={self.erasing.count}" \
+            if self.erasing.prob > 0 else "re_prob=0"
+        path = "dalimix native operators" if self.native else \
+            f"stock DALI operators ({native.why_unavailable(self.device)})"
+        return (f"device={self.device!r}, dtype={self.dtype!r}, channels_last={self.layout == 'HWC'}, crop={self.crop}, "
+                f"antialias={self.antialias}, {mixing}, {erase}; {path}")
+
     def __call__(self, jpegs: Any, labels: Any, enabled: Any = None, stop: Optional[str] = None) -> tuple[Any, Any]:
         if stop == "read":
             return jpegs, labels
@@ -179,12 +207,13 @@ class TrainGraph:
         else:
             images, targets = finish(images, lambda node: node), self._targets(labels)
         if self.erasing.prob > 0 and stop is None:
-            images = erasing_ops.random_erasing(images, self.erasing, layout=self.layout)
+            images = erasing_ops.random_erasing(images, self.erasing, layout=self.layout, dtype=self.dtype)
         return images, targets
 
 
 def _attach(pipe: Any, *, source: FileSource, dataset: Dataset, outputs: Sequence[str], last_batch: str,
-            layout: str, soft_targets: bool, schedule: Optional[MixSchedule] = None) -> Any:
+            layout: str, soft_targets: bool, schedule: Optional[MixSchedule] = None, settings: str = "") -> Any:
+    pipe.dalimix_settings = settings
     pipe.dalimix_source = source
     pipe.dalimix_dataset = dataset
     pipe.dalimix_output_map = list(outputs)
@@ -204,7 +233,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    antialias: bool = False, re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1,
                    mix_off_epoch: Optional[int] = None, start_epoch: int = 0, verify_files: bool = True,
-                   classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int = 2,
+                   classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
                    checkpoint: Optional[bytes] = None) -> Any:
     """The ImageNet training pipeline, outputs `("images", "targets")`.
 
@@ -251,6 +280,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     body = TrainGraph(crop=crop, device=device, device_id=dev_id, mix=mix, scale=scale, ratio=ratio,
                       flip_prob=flip_prob, dtype=dtype, layout=layout, mean=tuple(mean), std=tuple(std),
                       antialias=antialias, erasing=erasing)
+    prefetch_queue_depth = _prefetch(prefetch_queue_depth, graph_reads_gpu_shapes=device == "gpu" and not body.native
+                                     and (erasing.prob > 0 or (mix is not None and mix.mixing)))
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=aug_seed,
                   prefetch_queue_depth=prefetch_queue_depth, enable_checkpointing=True)
@@ -264,7 +295,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
 
     pipe = graph(checkpoint=checkpoint) if checkpoint is not None else graph()
     return _attach(pipe, source=source, dataset=dataset, outputs=("images", "targets"), last_batch="drop",
-                   layout=layout, soft_targets=mix is not None and mix.soft_targets, schedule=schedule)
+                   layout=layout, soft_targets=mix is not None and mix.soft_targets, schedule=schedule,
+                   settings=body.describe())
 
 
 def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, resize: int = 256,
@@ -272,7 +304,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
                  device_id: Optional[int] = None, file_list: Optional[str] = None, dtype: str = "float32",
                  channels_last: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, antialias: bool = True, verify_files: bool = True,
-                 classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int = 2) -> Any:
+                 classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2) -> Any:
     """The ImageNet validation pipeline, outputs `("images", "targets")` with int labels.
 
     Resize the shorter side to `resize`, centre-crop `crop`, normalise. Shards are contiguous ranges that
@@ -288,6 +320,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     if isinstance(shard_id, bool) or not isinstance(shard_id, (int, np.integer)) or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
     dev_id = _device_id(device, device_id)
+    prefetch_queue_depth = _prefetch(prefetch_queue_depth)
     dataset = _load(data_dir, file_list, verify_files, classes)
     source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
                         num_shards=num_shards, shuffle=False, drop_last=False)

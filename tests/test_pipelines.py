@@ -247,3 +247,22 @@ def test_gpu_pipeline_outputs_stay_on_gpu(class_tree):
     vimages, vlabels = next(iter(DaliLoader(val_pipeline(class_tree, batch_size=4, crop=32, resize=36,
                                                          device="gpu"))))
     assert vimages.is_cuda and vlabels.dtype == torch.int64
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("native_ops", [True, False], ids=["native", "stock"])
+def test_gpu_mixing_switched_off_for_an_epoch_with_erasing_in_float16(class_tree, native_ops):
+    from dalimix import native
+    kw = dict(batch_size=4, crop=32, device="gpu", seed=3, mix=MixConfig(num_classes=5, mode="elem"),
+              mix_off_epoch=1, re_prob=0.5, re_mode="pixel", re_count=3, dtype="float16")
+    if native_ops:
+        loader = DaliLoader(train_pipeline(class_tree, **kw))
+    else:
+        with native.stock_operators():
+            loader = DaliLoader(train_pipeline(class_tree, **kw))
+    epochs = [[(x, t) for x, t in loader] for _ in range(2)]
+    for x, t in epochs[0] + epochs[1]:
+        assert x.device == torch.device("cuda", 0) and t.device == x.device and x.dtype == torch.float16
+        assert torch.isfinite(x).all()
+    assert any((t.max(dim=1).values < 0.99).any() for _, t in epochs[0])  # epoch 0 mixes
+    assert all((t.max(dim=1).values > 0.99).all() for _, t in epochs[1])  # epoch 1: empty mixing branches

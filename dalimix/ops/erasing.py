@@ -78,10 +78,18 @@ class _EraseStep:
         return tuple(out)
 
 
-def random_erasing(images: Any, cfg: ErasingConfig, layout: str = "CHW") -> Any:
-    """Erase random rectangles of normalised float images (CHW or HWC, CPU or GPU)."""
+def random_erasing(images: Any, cfg: ErasingConfig, layout: str = "CHW", dtype: str = "float32") -> Any:
+    """Erase random rectangles of normalised float images (CHW or HWC, CPU or GPU) with stock DALI operators.
+
+    dalimix's train graph erases inside its native operator; this is the graph used without it. float16
+    images are erased in float32 (DALI's GPU `erase` and `multi_paste` have no float16 kernels).
+    """
     if cfg.prob <= 0:
         return images
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if dtype == "float16":
+        images = fn.cast(images, dtype=types.FLOAT)
     on_gpu = getattr(images, "device", "cpu") == "gpu"
     apply = fn.random.coin_flip(probability=cfg.prob)
     uniforms = fn.random.uniform(range=[0.0, 1.0], shape=[1 + 4 * ATTEMPTS * cfg.count])
@@ -96,24 +104,21 @@ def random_erasing(images: Any, cfg: ErasingConfig, layout: str = "CHW") -> Any:
             continue
         fill = fn.random.normal(shape=[channels]) if cfg.mode == "rand" else 0.0
         images = fn.erase(images, anchor=anchor, shape=shape, axis_names="HW", fill_value=fill)
-    return images
+    return fn.cast(images, dtype=types.FLOAT16) if dtype == "float16" else images
 
 
 def _paste_noise(images: Any, anchor: Any, shape: Any, layout: str, on_gpu: bool) -> Any:
-    # Per-pixel noise of the box's size, pasted at the box with multi_paste (HWC only).
-    hw = fn.cast(shape, dtype=types.INT32)
-    size = fn.cat(hw, fn.constant(idata=[3], shape=[1], dtype=types.INT32), axis=0)
-    noise = fn.random.normal(shape=size, dtype=types.FLOAT)
-    noise = noise.gpu() if on_gpu else noise
-    noise = fn.reshape(noise, layout="HWC")
+    # Noise over the whole canvas, of which the box is pasted (HWC only): never an empty noise sample (the
+    # GPU cast of an all-empty batch fails) and both inputs of multi_paste share one shape (its GPU kernel
+    # reads every input with the first one's pitch).
     x = images if layout == "HWC" else fn.transpose(images, perm=[1, 2, 0], output_layout="HWC")
-    noise = fn.cast_like(noise, x)
+    noise = fn.random.normal(x, dtype=types.FLOAT, device="gpu" if on_gpu else "cpu")
     full = fn.cast(images.shape(device="cpu"), dtype=types.INT32)
     canvas = fn.slice(full, 0, 2, axes=[0]) if layout == "HWC" else fn.slice(full, 1, 2, axes=[0])
     corner = fn.cast(anchor, dtype=types.INT32)
+    hw = fn.cast(shape, dtype=types.INT32)
     zero = fn.constant(idata=[0, 0], shape=[2], dtype=types.INT32)
-    in_anchors = fn.stack(zero, zero)
-    out_anchors = fn.stack(zero, corner)
+    anchors = fn.stack(zero, corner)
     shapes = fn.stack(canvas, hw)
-    x = fn.multi_paste(x, noise, in_anchors=in_anchors, out_anchors=out_anchors, shapes=shapes, output_size=canvas)
+    x = fn.multi_paste(x, noise, in_anchors=anchors, out_anchors=anchors, shapes=shapes, output_size=canvas)
     return x if layout == "HWC" else fn.transpose(x, perm=[2, 0, 1], output_layout="CHW")
