@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install native clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,17 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# dalimix's DALI plugin, compiled against the installed DALI into ~/.cache/dalimix (a no-op once cached;
+# without a compiler it says so and dalimix uses stock DALI operators).
+native: $(STAMP)
+	$(PY) -m dalimix.native.build || true
+
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: native
 	$(PY) scripts/demo.py --out runs/demo
 
-test: $(STAMP)
+test: native
 	$(PY) -m pytest -q
 
 clean:
