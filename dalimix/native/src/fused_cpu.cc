@@ -4,6 +4,7 @@
 // mix it with the partner's row (mixup blend or CutMix paste), flip, normalise, erase and store. Mutual
 // partners are processed together so that each image of the batch is resampled exactly once.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "dali/core/float16.h"
@@ -54,6 +55,9 @@ struct AxisTaps {
   }
 };
 
+// Four floats in one SIMD register (GCC / clang vector extension; SSE on x86-64, NEON on ARM).
+typedef float V4 __attribute__((vector_size(16)));
+
 // One input image and its resampling tables.
 template <typename In>
 struct Source {
@@ -68,7 +72,7 @@ struct Source {
     const int *iy = &ty.idx[oy * k];
     const float *wy = &ty.w[oy * k];
     const int x0 = tx.lo, xn = tx.hi - tx.lo + 1;
-    tmp.resize(static_cast<size_t>(w) * c);
+    tmp.resize(static_cast<size_t>(w) * c + 1);
     float *t = tmp.data() + static_cast<size_t>(x0) * c;
     if (!chw) {
       const int64_t stride = static_cast<int64_t>(w) * c;
@@ -106,13 +110,15 @@ struct Source {
     const int out_w = static_cast<int>(tx.idx.size()) / tx.k;
     const int kx = tx.k;
     if (kx == 2 && c == 3) {
+      // Four lanes per pixel (RGB and one lane of the next pixel, overwritten by the next store): two loads,
+      // a multiply and an FMA per output pixel instead of six of each. `tmp` and `row` carry one float
+      // of padding for the last pixel.
       for (int ox = 0; ox < out_w; ox++) {
-        const float *a = tb + tx.idx[2 * ox] * 3;
-        const float *b = tb + tx.idx[2 * ox + 1] * 3;
-        const float w0 = tx.w[2 * ox], w1 = tx.w[2 * ox + 1];
-        row[3 * ox] = w0 * a[0] + w1 * b[0];
-        row[3 * ox + 1] = w0 * a[1] + w1 * b[1];
-        row[3 * ox + 2] = w0 * a[2] + w1 * b[2];
+        V4 a, b;
+        std::memcpy(&a, tb + tx.idx[2 * ox] * 3, sizeof(V4));
+        std::memcpy(&b, tb + tx.idx[2 * ox + 1] * 3, sizeof(V4));
+        V4 v = a * tx.w[2 * ox] + b * tx.w[2 * ox + 1];
+        std::memcpy(row + 3 * ox, &v, sizeof(V4));
       }
       return;
     }
@@ -126,12 +132,21 @@ struct Source {
   }
 };
 
+// The float16 type written: the compiler's own where it has one (hardware conversion, vectorisable),
+// else DALI's software float16. Both are IEEE half precision, rounded to nearest.
+#ifdef __FLT16_MANT_DIG__
+using Half = _Float16;
+#else
+using Half = dali::float16;
+#endif
+static_assert(sizeof(Half) == 2, "half precision must take 2 bytes");
+
 template <typename Out>
 inline Out StoreAs(float v);
 template <>
 inline float StoreAs<float>(float v) { return v; }
 template <>
-inline dali::float16 StoreAs<dali::float16>(float v) { return dali::float16(v); }
+inline Half StoreAs<Half>(float v) { return static_cast<Half>(v); }
 template <>
 inline uint8_t StoreAs<uint8_t>(float v) {
   v = std::nearbyint(v);
@@ -169,7 +184,7 @@ class ResampleMixCPU : public dali::StatelessOperator<CPUBackend> {
   template <typename In>
   void RunTyped(Workspace &ws) {
     switch (plan_.dtype) {
-      case DALI_FLOAT16: RunAll<In, dali::float16>(ws); break;
+      case DALI_FLOAT16: RunAll<In, Half>(ws); break;
       case DALI_UINT8: RunAll<In, uint8_t>(ws); break;
       default: RunAll<In, float>(ws); break;
     }
@@ -220,11 +235,11 @@ class ResampleMixCPU : public dali::StatelessOperator<CPUBackend> {
   void Pair(const std::vector<Source<In>> &src, dali::TensorList<CPUBackend> &out, int i, int j) {
     thread_local RowScratch s;
     const int oh = OutH(i), ow = OutW(i), c = src[i].c;
-    s.own.resize(static_cast<size_t>(ow) * c);
-    s.other.resize(static_cast<size_t>(ow) * c);
-    s.mixed.resize(static_cast<size_t>(ow) * c);
-    Out *oi = out.template mutable_tensor<Out>(i);
-    Out *oj = out.template mutable_tensor<Out>(j);
+    s.own.resize(static_cast<size_t>(ow) * c + 1);
+    s.other.resize(static_cast<size_t>(ow) * c + 1);
+    s.mixed.resize(static_cast<size_t>(ow) * c + 1);
+    Out *oi = static_cast<Out *>(out.raw_mutable_tensor(i));
+    Out *oj = static_cast<Out *>(out.raw_mutable_tensor(j));
     for (int y = 0; y < oh; y++) {
       src[i].Row(y, s.own.data(), s.tmp);
       src[j].Row(y, s.other.data(), s.tmp);
@@ -238,9 +253,9 @@ class ResampleMixCPU : public dali::StatelessOperator<CPUBackend> {
     thread_local RowScratch s;
     const SampleParams &p = plan_.params[i];
     const int oh = OutH(i), ow = OutW(i), c = src[i].c;
-    s.own.resize(static_cast<size_t>(ow) * c);
-    s.other.resize(static_cast<size_t>(ow) * c);
-    s.mixed.resize(static_cast<size_t>(ow) * c);
+    s.own.resize(static_cast<size_t>(ow) * c + 1);
+    s.other.resize(static_cast<size_t>(ow) * c + 1);
+    s.mixed.resize(static_cast<size_t>(ow) * c + 1);
     // The partner is resampled to this sample's output size with its own tables.
     Source<In> partner = src[p.partner];
     bool need_partner = p.kind != kMixNone;
@@ -249,7 +264,7 @@ class ResampleMixCPU : public dali::StatelessOperator<CPUBackend> {
       partner.tx.Build(partner.w, ow, opt_.antialias);
     }
     DALI_ENFORCE(!need_partner || partner.c == c, "dalimix.resample_mix: partners differ in channels");
-    Out *o = out.template mutable_tensor<Out>(i);
+    Out *o = static_cast<Out *>(out.raw_mutable_tensor(i));
     for (int y = 0; y < oh; y++) {
       src[i].Row(y, s.own.data(), s.tmp);
       bool row_needs = p.kind == kMixup || (p.kind == kCutMix && y >= p.box[0] && y < p.box[2]);
