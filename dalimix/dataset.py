@@ -261,21 +261,26 @@ def read_file_list(file_list: str | os.PathLike, root: str | os.PathLike | None 
     return Dataset(files, labels, names, str(base), bad)
 
 
-def find_undecodable(files: Sequence[str], *, progress: bool = True) -> list[str]:
-    """The files among `files` that DALI's CPU decoder rejects (used to name the file behind a decode error)."""
+def find_undecodable(files: Sequence[str], *, progress: bool = True, device: str = "cpu",
+                     device_id: int | None = None) -> list[str]:
+    """The files among `files` that DALI's decoder rejects, tried one by one (to name the file behind a decode
+    error). `device="gpu"` tries DALI's GPU (nvJPEG / hardware) decoder on GPU `device_id`, which can reject
+    files the CPU decoder reads."""
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    gpu = device == "gpu"
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=(device_id or 0) if gpu else None, prefetch_queue_depth=1)
     def probe():
         data = fn.external_source(name="data", dtype=types.UINT8)
-        return fn.decoders.image(data, device="cpu")
+        return fn.decoders.image(data, device="mixed" if gpu else "cpu")
 
     bad: list[str] = []
     items: Iterable[str] = files
     if progress and len(files) > 64:
         from tqdm import tqdm
-        items = tqdm(files, desc="finding undecodable files", unit="file")
+        items = tqdm(files, desc=f"finding undecodable files ({device})", unit="file")
     pipe = None
     for f in items:
         if pipe is None:

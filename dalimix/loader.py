@@ -140,6 +140,10 @@ class DaliLoader:
         for k in range(self._in_epoch, min(self._in_epoch + depth + 2, self.source.own_batches)):
             candidates += self.source.batch_files(self.epoch, k)
         bad = find_undecodable(candidates) if candidates else []
+        device_id = getattr(self.pipeline, "device_id", None)
+        if not bad and candidates and device_id is not None:
+            # nvJPEG may reject a file the CPU decoder reads: try the suspects on the GPU, one by one.
+            bad = find_undecodable(candidates, device="gpu", device_id=device_id)
         if bad:
             return DecodeError(bad, str(exc))
         settings = getattr(self.pipeline, "dalimix_settings", None)
