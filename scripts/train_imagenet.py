@@ -201,7 +201,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     for split in ("train", "val"):
         path = os.path.join(a.data, split)
         need(os.path.exists(path), "--data", f"{path!r} does not exist (expected {split}/ with one folder per class)")
-        need(os.path.isdir(path), "--data", f"{path!r} is not a directory (expected {split}/ with one folder per class)")
+        need(os.path.isdir(path), "--data",
+             f"{path!r} is not a directory (expected {split}/ with one folder per class)")
     classes = _class_folders(os.path.join(a.data, "train"))
     need(bool(classes), "--data", f"{os.path.join(a.data, 'train')!r} has no class folders")
     val_classes = _class_folders(os.path.join(a.data, "val"))

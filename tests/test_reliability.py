@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from conftest import make_class_tree
-from dalimix import DaliLoader, ManifoldMixup
+from dalimix import DaliLoader
 from dalimix import engine
 from dalimix.dataset import read_file_list, scan_folder
 from dalimix.distributed import DistContext
@@ -335,7 +334,7 @@ def test_trusted_old_checkpoints_convert_to_plain_data_and_version_1_rng_states_
     assert not (tmp_path / "bad.pt").exists() and not (tmp_path / "bad.pt.tmp").exists()
 
 
-# -- the training script ------------------------------------------------------------------------------------------------
+# -- the training script ---------------------------------------------------------------------------------------
 SCRIPT = ROOT / "scripts" / "train_imagenet.py"
 BASE = ["--arch", "resnet18", "--device", "cpu", "--threads", "1", "--crop", "32", "--batch-size", "8",
         "--lr", "0.02", "--no-progress", "--seed", "3", "--epochs", "2"]
@@ -368,7 +367,8 @@ def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, \
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
     return proc
 
 
@@ -396,14 +396,16 @@ def test_data_naming_a_file_says_it_is_not_a_directory(script, tmp_path, capsys)
 @pytest.mark.slow
 def test_resume_with_another_batch_size_rescales_the_schedule_to_its_end(data, tmp_path):
     first = tmp_path / "first"
-    ok(run_script("--data", str(data), *BASE, "--min-lr", "0.0002", "--output", str(first), "--stop-at-epoch", "1"))
-    assert torch.load(first / "checkpoint.pt", weights_only=True)["scheduler"]["last_epoch"] == 15  # 120 / 8
+    common = ["--data", str(data), *BASE, "--min-lr", "0.0002", "--max-val-steps", "1"]
+    ok(run_script(*common, "--max-steps-per-epoch", "3", "--output", str(first), "--stop-at-epoch", "1"))
+    assert torch.load(first / "checkpoint.pt", weights_only=True)["scheduler"]["last_epoch"] == 3
     out = tmp_path / "resumed"
-    proc = ok(run_script("--data", str(data), *BASE, "--min-lr", "0.0002", "--batch-size", "4", "--output", str(out),
+    # Half the batch, twice the steps (capped to keep the test short; 120 images would give 30).
+    proc = ok(run_script(*common, "--batch-size", "4", "--max-steps-per-epoch", "6", "--output", str(out),
                          "--resume", str(first / "checkpoint.pt")))
-    assert "--resume: 15 -> 30 steps per epoch (--batch-size 4 x 1 rank(s)); the LR schedule is rescaled" in proc.stdout
+    assert "--resume: 3 -> 6 steps per epoch (--batch-size 4 x 1 rank(s)); the LR schedule is rescaled" in proc.stdout
     end = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert end["scheduler"]["last_epoch"] == 60  # 2 epochs of 30 steps: the whole cosine
+    assert end["scheduler"]["last_epoch"] == 12  # 2 epochs of 6 steps: the whole cosine
     assert end["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0002)  # its end, as asked by --min-lr
     # best.pt is data a plain torchvision model loads (weights_only=True)
     import torchvision
