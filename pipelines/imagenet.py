@@ -75,9 +75,10 @@ def _device_id(device: str, device_id: Optional[int]) -> Optional[int]:
 
 
 def _load(data_dir: str | os.PathLike, file_list: Optional[str], verify: bool,
-          classes: Optional[Sequence[str]]) -> Dataset:
+          classes: Optional[Sequence[str]], allow_outside_root: bool = False) -> Dataset:
     if file_list is not None:
-        return read_file_list(file_list, data_dir, classes=classes, verify=verify)
+        return read_file_list(file_list, data_dir, classes=classes, verify=verify,
+                              allow_outside_root=allow_outside_root)
     return scan_folder(data_dir, verify=verify, classes=classes)
 
 
@@ -234,7 +235,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    antialias: bool = False, re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1,
                    mix_off_epoch: Optional[int] = None, start_epoch: int = 0, verify_files: bool = True,
                    classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
-                   checkpoint: Optional[bytes] = None) -> Any:
+                   checkpoint: Optional[bytes] = None, allow_outside_root: bool = False) -> Any:
     """The ImageNet training pipeline, outputs `("images", "targets")`.
 
     Decode is fused with the random-resized crop (`scale`, `ratio`), then resize to `crop`, optional
@@ -268,7 +269,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     dev_id = _device_id(device, device_id)
     order_seed, aug_seed = _seeds(seed, shard_id, num_shards)
 
-    dataset = _load(data_dir, file_list, verify_files, classes)
+    dataset = _load(data_dir, file_list, verify_files, classes, allow_outside_root)
     if mix is not None and mix.num_classes < dataset.num_classes:
         raise ValueError(f"mix.num_classes={mix.num_classes} is smaller than the {dataset.num_classes} classes "
                          f"found in {dataset.root!r}")
@@ -304,7 +305,8 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
                  device_id: Optional[int] = None, file_list: Optional[str] = None, dtype: str = "float32",
                  channels_last: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, antialias: bool = True, verify_files: bool = True,
-                 classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2) -> Any:
+                 classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
+                 allow_outside_root: bool = False) -> Any:
     """The ImageNet validation pipeline, outputs `("images", "targets")` with int labels.
 
     Resize the shorter side to `resize`, centre-crop `crop`, normalise. Shards are contiguous ranges that
@@ -321,7 +323,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
         raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
     dev_id = _device_id(device, device_id)
     prefetch_queue_depth = _prefetch(prefetch_queue_depth)
-    dataset = _load(data_dir, file_list, verify_files, classes)
+    dataset = _load(data_dir, file_list, verify_files, classes, allow_outside_root)
     source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
                         num_shards=num_shards, shuffle=False, drop_last=False)
     layout = "HWC" if channels_last else "CHW"

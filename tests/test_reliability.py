@@ -76,6 +76,11 @@ def test_file_list_paths_leaving_the_root_are_refused_unless_allowed(tmp_path):
     lst.write_text(f"class_00/img_001.jpg 0\n{outside} 0\n../val/class_00/img_000.jpg 0\n")
     ds = read_file_list(lst, data, allow_outside_root=True)
     assert ds.files[1:] == [str(outside), str(data / "../val/class_00/img_000.jpg")] and ds.labels == [0, 0, 0]
+    # The pipelines take the same option (and refuse by default).
+    from pipelines.imagenet import val_pipeline
+    with pytest.raises(ValueError, match="leaves the data root"):
+        val_pipeline(data, file_list=str(lst), batch_size=2, device="cpu")
+    assert val_pipeline(data, file_list=str(lst), batch_size=2, device="cpu", allow_outside_root=True) is not None
 
 
 # -- 8. a file list with a byte order mark; --data naming a file -----------------------------------------------
