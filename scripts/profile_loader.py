@@ -5,10 +5,12 @@ Measures in one run, after warm-up, alternating contenders, median of repeats:
   decode_only   reader + fused random-crop decode (the limit of a DALI train loader)
   mix_off       dalimix train loader, no mixing
   mix_on        dalimix train loader, mixup + CutMix (switch 0.5)
+  mix_off_stock, mix_on_stock  the same built from stock DALI operators (no native plugin), for comparison
   torchvision   DataLoader recipe (RandomResizedCrop, flip, ToTensor, Normalize), workers = --threads
   torchvision_mix  the same plus mixup/CutMix on each batch in the loop, as timm does
   model_step    (GPU only) the model's own training step rate on synthetic input
-and a stage breakdown (read, decode+crop, resize, mix, normalise, copy to torch).
+and a stage breakdown (read, decode+crop, augment = the fused resample + flip + normalise, mix, copy to torch;
+with stock operators: read, decode+crop, resize, augment, mix, copy).
 
   python scripts/profile_loader.py --data /tmp/imagenet-sample/train --device cpu --threads 2 \
       --batch-size 64 --seconds 10 --json out.json --plot out.png
@@ -237,8 +239,8 @@ def plot(r: dict, path: str) -> None:
     values = [r["results"][n]["images_per_sec"] for n in names]
     fig, axes = plt.subplots(1, 2 if r["stages"] else 1, figsize=(12 if r["stages"] else 7, 4.2))
     axes = np.atleast_1d(axes)
-    colours = ["#4c72b0" if n.startswith(("mix", "decode")) else "#dd8452" if n.startswith("torch") else "#55a868"
-               for n in names]
+    colours = ["#8c8c8c" if n.endswith("_stock") else "#4c72b0" if n.startswith(("mix", "decode"))
+               else "#dd8452" if n.startswith("torch") else "#55a868" for n in names]
     bars = axes[0].bar(names, values, color=colours)
     axes[0].bar_label(bars, fmt="%.0f")
     axes[0].set_ylabel("images / s")
