@@ -1,9 +1,10 @@
 """The mixing options, with timm's names and semantics, checked once at construction."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
+
+from dalimix import validation as V
 
 MODES = ("batch", "pair", "elem")
 
@@ -32,28 +33,20 @@ class MixConfig:
 
     def __post_init__(self) -> None:
         for name in ("mixup_alpha", "cutmix_alpha"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"MixConfig.{name} must be a finite number >= 0, got {value!r}")
+            V.non_negative(name, getattr(self, name), label=f"MixConfig.{name}")
         for name in ("prob", "switch_prob"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"MixConfig.{name} must be in [0, 1], got {value!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"MixConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"MixConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"MixConfig.num_classes must be an int >= 1, got {self.num_classes!r}")
+            V.probability(name, getattr(self, name), label=f"MixConfig.{name}")
+        V.one_of("mode", self.mode, MODES, label="MixConfig.mode")
+        V.below_one("label_smoothing", self.label_smoothing, label="MixConfig.label_smoothing")
+        V.positive_int("num_classes", self.num_classes, label="MixConfig.num_classes")
         if self.cutmix_minmax is not None:
             mm = self.cutmix_minmax
             if (not isinstance(mm, (tuple, list)) or len(mm) != 2
                     or not all(isinstance(v, (int, float)) for v in mm) or not 0.0 < mm[0] <= mm[1] <= 1.0):
-                raise ValueError(f"MixConfig.cutmix_minmax must be None or (min, max) with 0 < min <= max <= 1, "
-                                 f"got {mm!r}")
+                raise V.ArgumentError("cutmix_minmax", f"MixConfig.cutmix_minmax must be None or (min, max) with "
+                                                       f"0 < min <= max <= 1, got {mm!r}")
             object.__setattr__(self, "cutmix_minmax", (float(mm[0]), float(mm[1])))
-        if not isinstance(self.correct_lam, bool):
-            raise ValueError(f"MixConfig.correct_lam must be a bool, got {self.correct_lam!r}")
+        V.flag("correct_lam", self.correct_lam, label="MixConfig.correct_lam")
 
     @property
     def mixup_on(self) -> bool:

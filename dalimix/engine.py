@@ -36,7 +36,7 @@ from dalimix.losses import SoftTargetCrossEntropy
 
 __all__ = [
     "param_groups", "warmup_cosine", "unwrap", "accuracy_counts", "train_one_epoch", "evaluate",
-    "rng_state", "set_rng_state", "dali_checkpoint", "restore_dali_checkpoint", "save_checkpoint",
+    "rng_state", "set_rng_state", "dali_checkpoint", "save_checkpoint",
     "load_checkpoint", "convert_checkpoint", "checkpoint_epoch", "CheckpointError", "restore_schedule",
     "repair_outputs", "OUTPUT_FILES", "SeenRecorder", "FitConfig", "TrainState", "fit",
 ]
@@ -335,27 +335,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def dali_checkpoint(loader: Any) -> Optional[bytes]:
     """The DALI pipeline state behind `loader` after the batches it has yielded (prefetching accounted for),
-    or None when the pipeline was built without `enable_checkpointing`."""
-    pipe = getattr(loader, "pipeline", None)
-    if pipe is None or not getattr(pipe, "_enable_checkpointing", False):
+    or None when its pipeline keeps no checkpoints (a bare pipeline, or one built without checkpointing)."""
+    spec = getattr(loader, "spec", None)
+    if spec is None or not spec.checkpointing:
         return None
-    if hasattr(loader, "checkpoint"):
-        return loader.checkpoint()
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "checkpoints"):
-        return iterator.checkpoints()[0]
-    return pipe.checkpoint()
-
-
-def restore_dali_checkpoint(pipe: Any, checkpoint: bytes) -> None:
-    """Make a not yet built DALI pipeline start from `checkpoint` (the same as passing `checkpoint=` to the
-    Pipeline constructor, for pipelines whose factory does not take that argument)."""
-    if getattr(pipe, "_built", False):
-        raise RuntimeError("restore_dali_checkpoint: the pipeline is already built; restore before first use")
-    if not getattr(pipe, "_enable_checkpointing", False):
-        raise ValueError("restore_dali_checkpoint: the pipeline was built without enable_checkpointing=True")
-    pipe._checkpoint = checkpoint
-    pipe.build()
+    return loader.checkpoint()
 
 
 def restore_schedule(scheduler: Any, state: Mapping[str, Any], *, epoch: int, steps_per_epoch: int) -> int:
@@ -369,17 +353,17 @@ def restore_schedule(scheduler: Any, state: Mapping[str, Any], *, epoch: int, st
     """
     if epoch < 0 or steps_per_epoch < 1:
         raise ValueError(f"restore_schedule: need epoch >= 0 and steps_per_epoch >= 1, got {epoch}, {steps_per_epoch}")
-    sd = dict(state)
-    sd["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # the shape is this run's, not the checkpoint's
-    scheduler.load_state_dict(sd)
-    stored = int(sd.get("last_epoch", 0))
+    stored = int(state.get("last_epoch", 0))
     step = int(epoch) * int(steps_per_epoch)
-    scheduler.last_epoch = step
-    scheduler._step_count = step + 1
-    lrs = [base * lam(step) for lam, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+    base_lrs = list(state.get("base_lrs", scheduler.base_lrs))
+    lrs = [base * lam(step) for lam, base in zip(scheduler.lr_lambdas, base_lrs)]
+    # The scheduler's own state_dict format (public load_state_dict), at the new position; the lambdas
+    # (the schedule's shape) are this run's, not the checkpoint's.
+    sd = dict(scheduler.state_dict(), base_lrs=base_lrs, last_epoch=step, _step_count=step + 1, _last_lr=lrs)
+    sd["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
+    scheduler.load_state_dict(sd)
     for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
-    scheduler._last_lr = list(lrs)
     return stored
 
 
@@ -554,12 +538,12 @@ class FitConfig:
     output: Optional[str] = None
     amp_dtype: Optional[torch.dtype] = None
     manifold: bool = False                 # the train model is (DDP of) ManifoldMixup
-    manifold_off_epoch: Optional[int] = None  # manifold mixup off from this epoch on (0-based)
+    mix_off_epoch: Optional[int] = None    # manifold mixup off from this epoch on (0-based), as in-loader mixing
     max_grad_norm: Optional[float] = None
     progress: bool = True
     print_freq: int = 10
     run_info: dict[str, Any] = field(default_factory=dict)  # args etc., copied into summary/checkpoints
-    data_start_epoch: int = 0             # the epoch the train pipeline's epoch counter 0 stands for
+    first_epoch: int = 0                  # the dataset epoch the train pipeline was built to start at
     plot_title: str = ""
     recorder: Optional[SeenRecorder] = None
     recorder_path: Optional[str] = None
@@ -709,7 +693,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
     last = cfg.epochs if cfg.stop_epoch is None else min(cfg.epochs, cfg.stop_epoch)
     for epoch in range(state.epoch, last):
         t0 = time.perf_counter()
-        manifold = cfg.manifold and (cfg.manifold_off_epoch is None or epoch < cfg.manifold_off_epoch)
+        manifold = cfg.manifold and (cfg.mix_off_epoch is None or epoch < cfg.mix_off_epoch)
         train = train_one_epoch(model, train_loader, optimizer, ctx=ctx, epoch=epoch, epochs=cfg.epochs,
                                 scheduler=scheduler, scaler=scaler, amp_dtype=cfg.amp_dtype, manifold=manifold,
                                 max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
@@ -743,7 +727,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rngs, "dali": dalis, "data_start_epoch": cfg.data_start_epoch,
+                "rng": rngs, "dali": dalis, "first_epoch": cfg.first_epoch,
                 "world_size": ctx.world_size, "history": list(state.history), "best_top1": state.best_top1,
                 "best_top5": state.best_top5, "best_epoch": state.best_epoch, "wall_time": state.wall_time,
                 "run_info": cfg.run_info,

@@ -1,9 +1,9 @@
 """`DaliLoader`: a DALI pipeline as a drop-in replacement for `torch.utils.data.DataLoader`.
 
 Each `for` over it is one epoch of `(images, targets)` torch tensors on the pipeline's device (no manual
-reset). With dalimix's own pipelines it knows its length, pads short val shards with empty batches so every
-rank yields the same number of batches (DDP must not hang), and turns a decode failure into an error that
-names the file. Any other pipeline with named outputs works too.
+reset). With dalimix's own pipelines (a `PipelineSpec`) it knows its length, pads short val shards with
+empty batches so every rank yields the same number of batches (DDP must not hang), and turns a decode
+failure into an error that names the file. Any other DALI pipeline with named outputs works too.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dalimix.dataset import DecodeError, find_undecodable
+from dalimix.ops.schedule import MixSchedule
+from dalimix.source import FileSource
+from dalimix.spec import PipelineSpec
 
 _POLICIES = {"drop": LastBatchPolicy.DROP, "partial": LastBatchPolicy.PARTIAL, "fill": LastBatchPolicy.FILL}
 
@@ -22,45 +25,70 @@ _POLICIES = {"drop": LastBatchPolicy.DROP, "partial": LastBatchPolicy.PARTIAL, "
 class DaliLoader:
     """Iterate a DALI pipeline as `(images, targets)` torch tensors, one epoch per `for`.
 
-    images: float NCHW (a channels_last view when the pipeline's layout is HWC); targets: int64 [N] for
-    class labels, float32 [N, num_classes] for soft targets. For pipelines not built by dalimix pass
-    `output_map` (names of the outputs, images first) and, for a DALI reader, `reader_name` so the length
-    is known. `len()` is batches per epoch. A `for` that is left early resumes where it stopped.
+    images: float NCHW (a channels_last view when the layout is HWC); targets: int64 [N] for class labels,
+    float32 [N, num_classes] for soft targets. `len()` is batches per epoch. A `for` that is left early
+    resumes where it stopped.
+
+    Give it what `train_pipeline` / `val_pipeline` return (a `dalimix.spec.PipelineSpec`, which says all
+    the rest), or a bare DALI pipeline with `output_map` (names of its outputs, images first), and for a
+    DALI reader `reader_name` so the length is known; `layout="HWC"` for channels_last images.
     """
 
     def __init__(self, pipeline: Any, output_map: Optional[Sequence[str]] = None, *,
-                 reader_name: Optional[str] = None, last_batch: Optional[str] = None):
-        self.pipeline = pipeline
-        self.output_map = list(output_map or getattr(pipeline, "dalimix_output_map", None) or [])
-        if len(self.output_map) < 1:
-            raise ValueError("output_map is required for a pipeline not built by dalimix (names of its outputs, "
-                             "e.g. ['images', 'targets'])")
+                 reader_name: Optional[str] = None, last_batch: Optional[str] = None,
+                 layout: Optional[str] = None):
+        spec = pipeline if isinstance(pipeline, PipelineSpec) else None
+        if spec is not None:
+            if output_map is not None or reader_name is not None or layout is not None:
+                raise ValueError("output_map, reader_name and layout come with the PipelineSpec; pass them only "
+                                 "with a bare DALI pipeline")
+            self.pipeline = spec.pipeline
+            output_map, layout = spec.outputs, spec.layout
+            last_batch = last_batch or spec.last_batch
+        else:
+            self.pipeline = pipeline
+            if not output_map:
+                raise ValueError("output_map is required for a bare DALI pipeline (names of its outputs, "
+                                 "e.g. ['images', 'targets'])")
+        self.spec = spec
+        self.output_map = list(output_map)
         if len(set(self.output_map)) != len(self.output_map):
             raise ValueError(f"output_map names must be unique, got {self.output_map}")
-        self.source = getattr(pipeline, "dalimix_source", None)
-        self.layout = getattr(pipeline, "dalimix_layout", None)
-        self.schedule = getattr(pipeline, "dalimix_schedule", None)
-        self.classes = getattr(pipeline, "dalimix_classes", None)
-        policy = last_batch or getattr(pipeline, "dalimix_last_batch", None) or "partial"
+        if layout not in (None, "CHW", "HWC"):
+            raise ValueError(f"layout must be None, 'CHW' or 'HWC', got {layout!r}")
+        self.layout = layout
+        policy = last_batch or "partial"
         if policy not in _POLICIES:
             raise ValueError(f"last_batch must be one of {tuple(_POLICIES)}, got {policy!r}")
         self.last_batch = policy
         self.reader_name = reader_name
-        self.batch_size = int(pipeline.max_batch_size)
+        self.batch_size = int(self.pipeline.max_batch_size)
         self._iterator: Optional[DALIGenericIterator] = None
         self._in_epoch = 0          # batches yielded in the current epoch
         self.epoch = self.source.start_epoch if self.source is not None else 0
         self._empty: Optional[tuple[torch.Tensor, ...]] = None
 
+    @property
+    def source(self) -> Optional[FileSource]:
+        return self.spec.source if self.spec is not None else None
+
+    @property
+    def schedule(self) -> Optional[MixSchedule]:
+        return self.spec.schedule if self.spec is not None else None
+
+    @property
+    def classes(self) -> Optional[list[str]]:
+        return self.spec.classes if self.spec is not None else None
+
     def __len__(self) -> int:
         if self.source is not None:
             return self.source.batches_per_epoch
-        it = self._get_iterator()
-        size = getattr(it, "_size", -1)
-        if size is None or size < 0:
+        if self.reader_name is None:
             raise TypeError("this pipeline's length is unknown; pass reader_name= for a DALI reader")
-        shards = getattr(it, "_shards_num", 1)
-        per_shard = -(-size // shards) if shards > 1 else size
+        self._get_iterator()  # builds the pipeline, so that the reader knows its size
+        meta = self.pipeline.reader_meta(self.reader_name)
+        size = meta["epoch_size_padded"] if meta["pad_last_batch"] else meta["epoch_size"]
+        per_shard = -(-size // max(1, meta["number_of_shards"]))
         if self.last_batch == "drop":
             return per_shard // self.batch_size
         return -(-per_shard // self.batch_size)
@@ -77,18 +105,21 @@ class DaliLoader:
                 try:
                     self._iterator = DALIGenericIterator(self.pipeline, self.output_map, **kwargs)
                 except RuntimeError as exc:
-                    settings = getattr(self.pipeline, "dalimix_settings", None)
-                    if settings is None:
+                    if self.spec is None:
                         raise
-                    raise RuntimeError(f"building the DALI pipeline ({settings}) failed: {exc}") from exc
+                    raise RuntimeError(f"building the DALI pipeline ({self.spec.settings}) failed: {exc}") from exc
         return self._iterator
 
     def checkpoint(self) -> bytes:
         """The pipeline's DALI state after the batches yielded so far (prefetching accounted for), to pass
         as `train_pipeline(checkpoint=...)` when resuming. Needs a pipeline built with checkpointing."""
-        if not getattr(self.pipeline, "_enable_checkpointing", False):
-            raise ValueError("this pipeline was built without enable_checkpointing=True")
-        return self._get_iterator().checkpoints()[0]
+        if self.spec is not None and not self.spec.checkpointing:
+            raise ValueError("this pipeline was built without DALI checkpointing (val pipelines are stateless)")
+        try:
+            return self._get_iterator().checkpoints()[0]
+        except RuntimeError as exc:
+            raise ValueError(f"this pipeline keeps no DALI checkpoints (build it with "
+                             f"enable_checkpointing=True): {exc}") from exc
 
     def set_mix(self, enabled: bool, from_epoch: Optional[int] = None) -> None:
         """Turn in-pipeline mixing on or off from `from_epoch` (default: the next epoch not yet started)."""
@@ -146,6 +177,5 @@ class DaliLoader:
             bad = find_undecodable(candidates, device="gpu", device_id=device_id)
         if bad:
             return DecodeError(bad, str(exc))
-        settings = getattr(self.pipeline, "dalimix_settings", None)
-        where = f" ({settings})" if settings else ""
+        where = f" ({self.spec.settings})" if self.spec is not None and self.spec.settings else ""
         return RuntimeError(f"DALI pipeline{where} failed in epoch {self.epoch}, batch {self._in_epoch}: {exc}")

@@ -18,13 +18,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dalimix import validation as V
+
 
 class FileSource:
     """Batches of (encoded file bytes, int32 label) for `fn.external_source(..., batch_info=True)`."""
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
-                 start_epoch: int = 0, read_ahead: int = 2):
+                 start_epoch: int = 0, read_ahead: int = 2, max_batches: int | None = None):
         if len(files) != len(labels):
             raise ValueError(f"files ({len(files)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
@@ -47,8 +49,9 @@ class FileSource:
             self.samples_per_shard = math.ceil(n / num_shards)
             self.batches_per_epoch = self.samples_per_shard // batch_size
             if self.batches_per_epoch == 0:
-                raise ValueError(f"batch_size {batch_size} is larger than the {self.samples_per_shard} samples "
-                                 f"per shard ({n} files over {num_shards} shard(s)); no full batch can be made")
+                raise V.ArgumentError("batch_size", f"batch_size {batch_size} is larger than the "
+                                      f"{self.samples_per_shard} samples per shard ({n} files over {num_shards} "
+                                      f"shard(s)); no full batch can be made")
         else:
             lo, hi = self._range(shard_id)
             self.samples_per_shard = hi - lo
@@ -57,6 +60,11 @@ class FileSource:
         # Val shards may hold one batch fewer than the longest; the loader pads those with empty batches.
         self.own_batches = (self.batches_per_epoch if drop_last
                             else math.ceil(self.samples_per_shard / batch_size))
+        if max_batches is not None:
+            # A shorter epoch (smoke runs): the first `max_batches` batches of each epoch's order.
+            V.positive_int("max_batches_per_epoch", max_batches)
+            self.batches_per_epoch = min(self.batches_per_epoch, max_batches)
+            self.own_batches = min(self.own_batches, max_batches)
         self._orders: dict[int, np.ndarray] = {}
         self.read_ahead = int(read_ahead)
         self._pool: ThreadPoolExecutor | None = None

@@ -1,9 +1,10 @@
-"""ImageNet train and val pipelines: decode fused with the random-resized crop, flip, normalise, mix.
+"""ImageNet train and val pipelines: decode fused with the random-resized crop, then resample, mix, flip,
+normalise and erase (one native operator), or resize + centre crop + normalise for val.
 
 The same graph runs on the GPU (`device="gpu"`: nvJPEG / hardware decoder, GPU augmentation, outputs stay
-on the GPU) and on the CPU (`device="cpu"`: `device_id=None`, no CUDA needed). Each returned Pipeline
-carries what `dalimix.DaliLoader` needs to know (output names, batches per epoch, last-batch policy, the
-file source for naming a bad file) as `dalimix_*` attributes.
+on the GPU) and on the CPU (`device="cpu"`: `device_id=None`, no CUDA needed). Both builders return a
+`dalimix.spec.PipelineSpec`: the DALI pipeline and what `dalimix.DaliLoader` needs to know about it (output
+names, file source, last-batch policy, layout, classes, mixing schedule). See docs/DESIGN.md.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from dalimix import native
+from dalimix import validation as V
 from dalimix.config import MixConfig
 from dalimix.dataset import Dataset, read_file_list, scan_folder
 from dalimix.ops import erasing as erasing_ops
@@ -24,6 +26,7 @@ from dalimix.ops.mix import mix_draws, native_mix_params
 from dalimix.ops.schedule import MixSchedule
 from dalimix.ops.targets import smoothed_targets
 from dalimix.source import FileSource
+from dalimix.spec import PipelineSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,42 +34,25 @@ DEVICES = ("gpu", "cpu")
 DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _range_pair(name: str, value: Any, low: float = 0.0) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (min, max) pair, got {value!r}") from None
-    if not (low < a <= b):
-        raise ValueError(f"{name} must satisfy {low} < min <= max, got {value!r}")
-    return a, b
-
-
 def _prefetch(value: Any, *, graph_reads_gpu_shapes: bool = False) -> Any:
     """Check `prefetch_queue_depth`: an int >= 1, or {"cpu_size": n, "gpu_size": m} for separate queues."""
     if isinstance(value, dict):
         if set(value) != {"cpu_size", "gpu_size"} or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value.values()):
-            raise ValueError(f"prefetch_queue_depth must be an int >= 1 or a dict with int 'cpu_size' and 'gpu_size' "
-                             f">= 1, got {value!r}")
+            raise V.ArgumentError("prefetch_queue_depth", f"prefetch_queue_depth must be an int >= 1 or a dict "
+                                  f"with int 'cpu_size' and 'gpu_size' >= 1, got {value!r}")
         if graph_reads_gpu_shapes:
             # Separate queues switch DALI's dynamic executor off, and without it a GPU graph cannot read its
             # shapes on the CPU, which the stock-operator graph does for mixing and erasing.
-            raise ValueError("prefetch_queue_depth as a dict (separate CPU/GPU queues) cannot be used with mixing or "
-                             "random erasing on the GPU without dalimix's native operators "
-                             f"({native.why_unavailable('gpu')}); give an int")
+            raise V.ArgumentError("prefetch_queue_depth", "prefetch_queue_depth as a dict (separate CPU/GPU queues) "
+                                  "cannot be used with mixing or random erasing on the GPU without dalimix's native "
+                                  f"operators ({native.why_unavailable('gpu')}); give an int")
         return {k: int(v) for k, v in value.items()}
-    return _positive_int("prefetch_queue_depth", value)
+    return V.positive_int("prefetch_queue_depth", value)
 
 
 def _device_id(device: str, device_id: Optional[int]) -> Optional[int]:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    V.one_of("device", device, DEVICES)
     if device == "cpu":
         return None
     if device_id is not None:
@@ -88,15 +74,13 @@ def _seeds(seed: Optional[int], shard_id: int, num_shards: int) -> tuple[int, in
         # Shards must agree on the order or they would overlap; augmentation may differ freely.
         order_seed = 0 if num_shards > 1 else random.SystemRandom().randrange(2 ** 31)
         return order_seed, random.SystemRandom().randrange(2 ** 31)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    V.optional_epoch("seed", seed)  # None or an int >= 0
     return int(seed), (int(seed) * 1_000_003 + shard_id * 7919 + 1) % (2 ** 31)
 
 
 def normalize_images(images: Any, *, crop: Optional[int], mirror: Any, dtype: str, layout: str,
                      mean: Sequence[float], std: Sequence[float]) -> Any:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    V.one_of("dtype", dtype, tuple(DTYPES))
     return fn.crop_mirror_normalize(
         images, dtype=DTYPES[dtype], output_layout=layout, crop=(crop, crop) if crop else None,
         mean=[m * 255 for m in mean], std=[s * 255 for s in std], mirror=mirror)
@@ -212,20 +196,6 @@ class TrainGraph:
         return images, targets
 
 
-def _attach(pipe: Any, *, source: FileSource, dataset: Dataset, outputs: Sequence[str], last_batch: str,
-            layout: str, soft_targets: bool, schedule: Optional[MixSchedule] = None, settings: str = "") -> Any:
-    pipe.dalimix_settings = settings
-    pipe.dalimix_source = source
-    pipe.dalimix_dataset = dataset
-    pipe.dalimix_output_map = list(outputs)
-    pipe.dalimix_last_batch = last_batch
-    pipe.dalimix_layout = layout
-    pipe.dalimix_soft_targets = soft_targets
-    pipe.dalimix_schedule = schedule
-    pipe.dalimix_classes = list(dataset.classes)
-    return pipe
-
-
 def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, device: str = "gpu",
                    num_threads: int = 4, mix: Optional[MixConfig] = None, shard_id: int = 0, num_shards: int = 1,
                    seed: Optional[int] = None, device_id: Optional[int] = None, file_list: Optional[str] = None,
@@ -233,49 +203,47 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    flip_prob: float = 0.5, dtype: str = "float32", channels_last: bool = False,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    antialias: bool = False, re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1,
-                   mix_off_epoch: Optional[int] = None, start_epoch: int = 0, verify_files: bool = True,
+                   mix_off_epoch: Optional[int] = None, first_epoch: int = 0, verify_files: bool = True,
                    classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
-                   checkpoint: Optional[bytes] = None, allow_outside_root: bool = False) -> Any:
-    """The ImageNet training pipeline, outputs `("images", "targets")`.
+                   checkpoint: Optional[bytes] = None, allow_outside_root: bool = False,
+                   max_batches_per_epoch: Optional[int] = None) -> PipelineSpec:
+    """The ImageNet training pipeline, outputs `("images", "targets")`, as a `PipelineSpec`.
 
-    Decode is fused with the random-resized crop (`scale`, `ratio`), then resize to `crop`, optional
+    Decode is fused with the random-resized crop (`scale`, `ratio`), then resample to `crop`, optional
     mixup / CutMix (`mix`), random flip, normalisation to `dtype` CHW (HWC with `channels_last`) and
     optional random erasing. Each epoch is a seeded shuffle, sharded so every shard yields the same number
-    of full batches; the last partial batch is dropped. `mix_off_epoch` turns mixing off from that epoch
-    on (the schedule is a per-iteration input: `pipe.dalimix_schedule` can change it between epochs).
-    `checkpoint` (from `DaliLoader.checkpoint()`) restores the augmentation state of a run; keep the
-    `start_epoch` that run was built with, as DALI restores the epoch count itself.
+    of full batches; the last partial batch is dropped. `mix_off_epoch` turns mixing off from that epoch on
+    (the schedule is a per-iteration input: `DaliLoader.set_mix` changes it between epochs).
+    `first_epoch` is the dataset epoch the pipeline starts at. `checkpoint` (from `DaliLoader.checkpoint()`)
+    restores the augmentation state of a run: pass the `first_epoch` that run's pipeline was built with, as
+    DALI restores its own epoch count. `max_batches_per_epoch` shortens every epoch (smoke runs).
     """
-    batch_size = _positive_int("batch_size", batch_size)
-    crop = _positive_int("crop", crop)
-    num_threads = _positive_int("num_threads", num_threads)
-    num_shards = _positive_int("num_shards", num_shards)
-    if isinstance(shard_id, bool) or not isinstance(shard_id, (int, np.integer)) or not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
-    scale = _range_pair("scale", scale)
+    batch_size = V.positive_int("batch_size", batch_size)
+    crop = V.positive_int("crop", crop)
+    num_threads = V.positive_int("num_threads", num_threads)
+    num_shards = V.positive_int("num_shards", num_shards)
+    V.index_below("shard_id", shard_id, num_shards, "num_shards")
+    scale = V.range_pair("scale", scale)
     if scale[1] > 1.0:
-        raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
-    ratio = _range_pair("ratio", ratio)
-    if not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+        raise V.ArgumentError("scale", f"scale must lie in (0, 1], got {scale!r}")
+    ratio = V.range_pair("ratio", ratio)
+    V.probability("flip_prob", flip_prob)
     if mix is not None and not isinstance(mix, MixConfig):
-        raise ValueError(f"mix must be None or a dalimix.MixConfig, got {type(mix).__name__}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        raise V.ArgumentError("mix", f"mix must be None or a dalimix.MixConfig, got {type(mix).__name__}")
+    V.one_of("dtype", dtype, tuple(DTYPES))
     erasing = erasing_ops.ErasingConfig(prob=re_prob, mode=re_mode, count=re_count)
-    if mix_off_epoch is not None and (isinstance(mix_off_epoch, bool) or not isinstance(mix_off_epoch, int)
-                                      or mix_off_epoch < 0):
-        raise ValueError(f"mix_off_epoch must be None or an int >= 0, got {mix_off_epoch!r}")
+    V.optional_epoch("mix_off_epoch", mix_off_epoch)
+    V.optional_epoch("first_epoch", first_epoch)
     dev_id = _device_id(device, device_id)
     order_seed, aug_seed = _seeds(seed, shard_id, num_shards)
 
     dataset = _load(data_dir, file_list, verify_files, classes, allow_outside_root)
     if mix is not None and mix.num_classes < dataset.num_classes:
-        raise ValueError(f"mix.num_classes={mix.num_classes} is smaller than the {dataset.num_classes} classes "
-                         f"found in {dataset.root!r}")
+        raise V.ArgumentError("num_classes", f"mix.num_classes={mix.num_classes} is smaller than the "
+                                             f"{dataset.num_classes} classes found in {dataset.root!r}")
     source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
                         num_shards=num_shards, shuffle=True, seed=order_seed, drop_last=True,
-                        start_epoch=start_epoch)
+                        start_epoch=first_epoch, max_batches=max_batches_per_epoch)
     schedule = MixSchedule(source, off_epoch=mix_off_epoch) if mix is not None and mix.mixing else None
     layout = "HWC" if channels_last else "CHW"
     body = TrainGraph(crop=crop, device=device, device_id=dev_id, mix=mix, scale=scale, ratio=ratio,
@@ -295,9 +263,9 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
         return body(jpegs, labels, enabled)
 
     pipe = graph(checkpoint=checkpoint) if checkpoint is not None else graph()
-    return _attach(pipe, source=source, dataset=dataset, outputs=("images", "targets"), last_batch="drop",
-                   layout=layout, soft_targets=mix is not None and mix.soft_targets, schedule=schedule,
-                   settings=body.describe())
+    return PipelineSpec(pipeline=pipe, outputs=("images", "targets"), source=source, last_batch="drop",
+                        layout=layout, classes=list(dataset.classes), schedule=schedule, checkpointing=True,
+                        settings=body.describe())
 
 
 def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, resize: int = 256,
@@ -306,26 +274,27 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
                  channels_last: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, antialias: bool = True, verify_files: bool = True,
                  classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
-                 allow_outside_root: bool = False) -> Any:
-    """The ImageNet validation pipeline, outputs `("images", "targets")` with int labels.
+                 allow_outside_root: bool = False, max_batches_per_epoch: Optional[int] = None) -> PipelineSpec:
+    """The ImageNet validation pipeline, outputs `("images", "targets")` with int labels, as a `PipelineSpec`.
 
     Resize the shorter side to `resize`, centre-crop `crop`, normalise. Shards are contiguous ranges that
     together cover every image exactly once; the last batch is short rather than padded.
+    `max_batches_per_epoch` evaluates only the first batches of each shard (smoke runs).
     """
-    batch_size = _positive_int("batch_size", batch_size)
-    crop = _positive_int("crop", crop)
-    resize = _positive_int("resize", resize)
-    num_threads = _positive_int("num_threads", num_threads)
-    num_shards = _positive_int("num_shards", num_shards)
+    batch_size = V.positive_int("batch_size", batch_size)
+    crop = V.positive_int("crop", crop)
+    resize = V.positive_int("resize", resize)
+    num_threads = V.positive_int("num_threads", num_threads)
+    num_shards = V.positive_int("num_shards", num_shards)
     if crop > resize:
-        raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
-    if isinstance(shard_id, bool) or not isinstance(shard_id, (int, np.integer)) or not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
+        raise V.ArgumentError("crop", f"crop ({crop}) must not exceed resize ({resize})")
+    V.index_below("shard_id", shard_id, num_shards, "num_shards")
+    V.one_of("dtype", dtype, tuple(DTYPES))
     dev_id = _device_id(device, device_id)
     prefetch_queue_depth = _prefetch(prefetch_queue_depth)
     dataset = _load(data_dir, file_list, verify_files, classes, allow_outside_root)
     source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
-                        num_shards=num_shards, shuffle=False, drop_last=False)
+                        num_shards=num_shards, shuffle=False, drop_last=False, max_batches=max_batches_per_epoch)
     layout = "HWC" if channels_last else "CHW"
     decode_device = "mixed" if device == "gpu" else "cpu"
 
@@ -340,5 +309,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
         return images, (labels.gpu() if device == "gpu" else labels)
 
     pipe = graph()
-    return _attach(pipe, source=source, dataset=dataset, outputs=("images", "targets"), last_batch="partial",
-                   layout=layout, soft_targets=False)
+    settings = (f"device={device!r}, dtype={dtype!r}, channels_last={channels_last}, crop={crop}, resize={resize}, "
+                f"antialias={antialias}")
+    return PipelineSpec(pipeline=pipe, outputs=("images", "targets"), source=source, last_batch="partial",
+                        layout=layout, classes=list(dataset.classes), settings=settings)

@@ -6,7 +6,7 @@ the loader's time into read, decode+crop, (resize,) augment and mix without drif
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Optional
 
 from nvidia.dali import fn, pipeline_def, types
 
@@ -15,6 +15,7 @@ from dalimix.config import MixConfig
 from dalimix.dataset import scan_folder
 from dalimix.ops.erasing import ErasingConfig
 from dalimix.source import FileSource
+from dalimix.spec import PipelineSpec
 from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, STAGES, TrainGraph
 
 
@@ -25,7 +26,7 @@ def stages(device: str = "cpu", device_id: Optional[int] = None) -> tuple[str, .
 
 def stage_pipeline(data_dir: str | os.PathLike, stage: str, *, batch_size: int, crop: int = 224,
                    device: str = "cpu", num_threads: int = 4, seed: int = 0, mix: Optional[MixConfig] = None,
-                   device_id: Optional[int] = None, dtype: str = "float32") -> Any:
+                   device_id: Optional[int] = None, dtype: str = "float32") -> PipelineSpec:
     """The train graph up to and including `stage` (one of `stages(device)`); outputs one tensor batch."""
     dev = None if device == "cpu" else (device_id if device_id is not None else int(os.environ.get("LOCAL_RANK", 0)))
     if stage not in stages(device, dev):
@@ -42,6 +43,5 @@ def stage_pipeline(data_dir: str | os.PathLike, stage: str, *, batch_size: int, 
                                           dtype=[types.UINT8, types.INT32])
         return body(data, labels, stop=stage)
 
-    pipe = graph()
-    pipe.dalimix_source = source
-    return pipe
+    return PipelineSpec(pipeline=graph(), outputs=("images", "targets"), source=source, last_batch="drop",
+                        layout="CHW", classes=list(dataset.classes), settings=body.describe())

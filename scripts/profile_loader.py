@@ -124,10 +124,10 @@ def stage_contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]
 class _RawPipe:
     """A pipeline run without the torch copy: yields batch sizes (for the stage breakdown)."""
 
-    def __init__(self, pipe):
-        self.pipe = pipe
+    def __init__(self, spec):
+        self.pipe = spec.pipeline
         self.pipe.build()
-        self.source = pipe.dalimix_source
+        self.source = spec.source
 
     def __iter__(self):
         for _ in range(self.source.batches_per_epoch):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import inspect
 import json
 import os
 import random
@@ -162,21 +161,23 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     need(a.warmup_epochs <= a.epochs, "--warmup-epochs", f"must not exceed --epochs ({a.epochs}), got {a.warmup_epochs}")
     need(a.clip_grad is None or a.clip_grad > 0, "--clip-grad", f"must be > 0, got {a.clip_grad}")
     need(a.seed is None or a.seed >= 0, "--seed", f"must be >= 0, got {a.seed}")
-    need(a.mixup_alpha >= 0, "--mixup-alpha", f"must be >= 0, got {a.mixup_alpha}")
-    need(a.cutmix_alpha >= 0, "--cutmix-alpha", f"must be >= 0, got {a.cutmix_alpha}")
-    if a.cutmix_minmax is not None:
-        lo, hi = a.cutmix_minmax
-        need(0 < lo <= hi <= 1, "--cutmix-minmax", f"must satisfy 0 < MIN <= MAX <= 1, got {lo} {hi}")
-    need(0 <= a.mix_prob <= 1, "--mix-prob", f"must be in [0, 1], got {a.mix_prob}")
-    need(0 <= a.switch_prob <= 1, "--switch-prob", f"must be in [0, 1], got {a.switch_prob}")
-    need(0 <= a.label_smoothing < 1, "--label-smoothing", f"must be in [0, 1), got {a.label_smoothing}")
+    from dalimix import MixConfig
+    from dalimix.ops.erasing import ErasingConfig
+    from dalimix.validation import ArgumentError
+    try:  # the library checks these; its argument names map to our flags
+        mix = MixConfig(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
+                        cutmix_minmax=tuple(a.cutmix_minmax) if a.cutmix_minmax else None, prob=a.mix_prob,
+                        switch_prob=a.switch_prob, mode=a.mix_mode, label_smoothing=a.label_smoothing,
+                        num_classes=1)  # the real class count is set once the data is listed
+        a.mix = mix if mix.mixing or mix.cutmix_on or mix.label_smoothing > 0 else None
+        ErasingConfig(prob=a.re_prob, mode=a.re_mode, count=a.re_count)
+    except ArgumentError as exc:
+        p.error(f"{FLAGS.get(exc.argument, '--' + exc.argument.replace('_', '-'))}: {exc}")
     need(a.mixup_off_epoch is None or a.mixup_off_epoch >= 0, "--mixup-off-epoch",
          f"must be >= 0, got {a.mixup_off_epoch}")
     need(a.manifold_mixup_alpha >= 0, "--manifold-mixup-alpha", f"must be >= 0, got {a.manifold_mixup_alpha}")
     need(a.manifold_layers is None or a.manifold_mixup_alpha > 0, "--manifold-layers",
          "needs --manifold-mixup-alpha > 0")
-    need(0 <= a.re_prob <= 1, "--re-prob", f"must be in [0, 1], got {a.re_prob}")
-    need(a.re_count >= 1, "--re-count", f"must be >= 1, got {a.re_count}")
     need(a.print_freq >= 0, "--print-freq", f"must be >= 0, got {a.print_freq}")
     need(a.dist_timeout > 0, "--dist-timeout", f"must be > 0 minutes, got {a.dist_timeout}")
     need(a.dist_report_wait >= 0, "--dist-report-wait", f"must be >= 0 seconds, got {a.dist_report_wait}")
@@ -214,33 +215,18 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     a.data = os.path.abspath(a.data)  # recorded in checkpoints: the same folder however it was spelled
 
 
-def _check_resume_output(p: argparse.ArgumentParser, a: argparse.Namespace, resume: dict) -> None:
+def _check_resume_output(p: argparse.ArgumentParser, a: argparse.Namespace, resume: Any) -> None:
     """Refuse (unless --discard-later-epochs) to resume into an --output whose run went past the checkpoint:
     that would silently drop the later epochs from metrics.jsonl and overwrite checkpoint.pt."""
-    from dalimix import engine
-
-    if not a.output or not os.path.isdir(a.output):
-        return
-    epoch = int(resume["epoch"])
-    ahead = []
-    latest = os.path.join(a.output, "checkpoint.pt")
-    if os.path.isfile(latest) and not os.path.samefile(latest, a.resume):
-        later = engine.checkpoint_epoch(latest)
-        if later is not None and later > epoch:
-            ahead.append(f"checkpoint.pt is at epoch {later + 1}")
-    try:
-        with open(os.path.join(a.output, "metrics.jsonl")) as fh:
-            logged = [json.loads(line)["epoch"] for line in fh if line.strip()]
-    except (OSError, ValueError, KeyError, TypeError):
-        logged = []
-    if logged and max(logged) > epoch:
-        ahead.append(f"metrics.jsonl logs epoch {max(logged) + 1}")
+    ahead = resume.later_work(a.output)
     if not ahead:
         return
+    epoch = resume.start_epoch - 1
     msg = (f"{a.resume} is epoch {epoch + 1}, but --output {a.output} holds a run that went further "
            f"({', '.join(ahead)}): resuming there would drop epochs {epoch + 2}.. from metrics.jsonl and overwrite "
            f"checkpoint.pt")
     if not a.discard_later_epochs:
+        latest = os.path.join(a.output, "checkpoint.pt")
         p.error(f"--resume: {msg}. Resume from {latest} to continue that run, write to another --output to branch "
                 f"off, or pass --discard-later-epochs")
     warnings.warn(f"--resume: {msg} (--discard-later-epochs)", stacklevel=2)
@@ -251,79 +237,125 @@ def _class_folders(path: str) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
-# Settings a DALI checkpoint belongs to: restoring it under others would replay the wrong stream.
-_DATA_KEYS = ("data", "device", "batch_size", "crop", "seed", "mixup_alpha", "cutmix_alpha", "cutmix_minmax",
-              "mix_prob", "switch_prob", "mix_mode", "label_smoothing", "re_prob", "re_mode", "re_count",
-              "channels_last", "max_steps_per_epoch")
+# The library's argument names (MixConfig fields, pipeline arguments) as this script's flags.
+FLAGS = {"mixup_alpha": "--mixup-alpha", "cutmix_alpha": "--cutmix-alpha", "cutmix_minmax": "--cutmix-minmax",
+         "prob": "--mix-prob", "switch_prob": "--switch-prob", "mode": "--mix-mode",
+         "label_smoothing": "--label-smoothing", "num_classes": "--data", "re_prob": "--re-prob",
+         "re_mode": "--re-mode", "re_count": "--re-count", "batch_size": "--batch-size", "crop": "--crop",
+         "resize": "--val-resize", "num_threads": "--threads", "max_batches_per_epoch": "--max-steps-per-epoch",
+         "mix_off_epoch": "--mixup-off-epoch", "seed": "--seed"}
 
 
-def _build_train_loader(a: argparse.Namespace, ctx: Any, mix: Any, start_epoch: int,
-                        resume: Optional[dict]) -> tuple[Any, int]:
-    """The train DaliLoader positioned at `start_epoch`; (loader, data_start_epoch for checkpoints)."""
+def _train_loader(a: argparse.Namespace, ctx: Any, mix: Any, resume: Any) -> tuple[Any, int]:
+    """The train DaliLoader at the run's next epoch and the first epoch its pipeline was built at."""
     from dalimix import DaliLoader
-    from dalimix.engine import restore_dali_checkpoint
+    from dalimix.resume import DATA_SETTINGS
     from pipelines.imagenet import train_pipeline
 
-    kwargs = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, mix=mix,
-                  shard_id=ctx.rank, num_shards=ctx.world_size, seed=a.seed,
-                  device_id=ctx.local_rank if a.device == "gpu" else None, channels_last=a.channels_last,
-                  re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count, classes=a.classes)
+    def build(first_epoch: int, checkpoint: Optional[bytes]) -> Any:
+        return train_pipeline(os.path.join(a.data, "train"), batch_size=a.batch_size, crop=a.crop, device=a.device,
+                              num_threads=a.threads, mix=mix, shard_id=ctx.rank, num_shards=ctx.world_size,
+                              seed=a.seed, device_id=ctx.local_rank if a.device == "gpu" else None,
+                              channels_last=a.channels_last, re_prob=a.re_prob, re_mode=a.re_mode,
+                              re_count=a.re_count, classes=a.classes, first_epoch=first_epoch, checkpoint=checkpoint,
+                              max_batches_per_epoch=a.max_steps_per_epoch)
 
-    def make(first_epoch: int, checkpoint: Optional[bytes]) -> Any:
-        kw = dict(kwargs, start_epoch=first_epoch)
-        takes_checkpoint = "checkpoint" in inspect.signature(train_pipeline).parameters
-        if checkpoint is not None and takes_checkpoint:
-            kw["checkpoint"] = checkpoint
-        pipe = train_pipeline(os.path.join(a.data, "train"), **kw)
-        _truncate(pipe, a.max_steps_per_epoch)
-        if checkpoint is not None:
-            if takes_checkpoint:
-                pipe.build()  # restores the state now, so that a bad checkpoint fails here, not mid-epoch
-            else:
-                restore_dali_checkpoint(pipe, checkpoint)
-        return pipe
-
-    why = None
-    if resume is not None:
-        dali = resume.get("dali") or []
-        old = resume.get("run_info", {}).get("args", {})
-        changed = [k for k in _DATA_KEYS if k in old and old[k] != _jsonable(getattr(a, k))]
-        if len(dali) != ctx.world_size:
-            why = f"the checkpoint has {len(dali)} rank(s), this run {ctx.world_size}"
-        elif dali[ctx.rank] is None:
-            why = "the checkpoint holds no DALI state"
-        elif changed:
-            why = f"data settings changed: {', '.join('--' + k.replace('_', '-') for k in changed)}"
-        if why is None:
-            data_start = int(resume.get("data_start_epoch", 0))
-            try:
-                pipe = make(data_start, dali[ctx.rank])
-                restored = getattr(pipe, "_epoch_idx", start_epoch - data_start) + data_start
-                if restored != start_epoch:
-                    raise RuntimeError(f"the DALI checkpoint is at epoch {restored}, not {start_epoch}")
-                loader = DaliLoader(pipe)
-                loader.epoch = start_epoch
-                return loader, data_start
-            except Exception as exc:  # noqa: BLE001 - fall back to a fresh pipeline, loudly
-                why = f"restoring it failed: {exc}"
-        if ctx.is_main:
-            warnings.warn(f"--resume: not restoring the DALI augmentation state ({why}); the file order of each "
-                          f"epoch is still exact, but crops, flips and mixing draws differ from an uninterrupted "
-                          f"run", stacklevel=2)
-    return DaliLoader(make(start_epoch, None)), start_epoch
+    if resume is None:
+        return DaliLoader(build(0, None)), 0
+    return resume.train_loader(build, ctx=ctx, settings={k: getattr(a, k) for k in DATA_SETTINGS}, prefix="--resume")
 
 
-def _truncate(pipe: Any, max_batches: Optional[int]) -> None:
-    """Cap an epoch at `max_batches` batches (smoke runs): the FileSource stops after them."""
-    if max_batches is None:
-        return
-    src = pipe.dalimix_source
-    src.batches_per_epoch = min(src.batches_per_epoch, max_batches)
-    src.own_batches = min(src.own_batches, max_batches)
+def _val_loader(a: argparse.Namespace, ctx: Any) -> Any:
+    from dalimix import DaliLoader
+    from pipelines.imagenet import val_pipeline
+
+    return DaliLoader(val_pipeline(os.path.join(a.data, "val"), batch_size=a.val_batch_size or a.batch_size,
+                                   crop=a.crop, resize=a.val_resize, device=a.device, num_threads=a.threads,
+                                   shard_id=ctx.rank, num_shards=ctx.world_size,
+                                   device_id=ctx.local_rank if a.device == "gpu" else None,
+                                   channels_last=a.channels_last, classes=a.classes,
+                                   max_batches_per_epoch=a.max_val_steps))
 
 
 def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
+
+
+def _network(p: argparse.ArgumentParser, a: argparse.Namespace, num_classes: int, ctx: Any) -> Any:
+    """The bare network on the run's device (SyncBatchNorm, channels_last as asked)."""
+    import torch
+    import torchvision
+
+    model_kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if a.arch.startswith("vit_"):
+        model_kwargs["image_size"] = a.crop  # ViTs are built for one input size
+    try:
+        net = torchvision.models.get_model(a.arch, **model_kwargs)
+    except (ValueError, TypeError) as exc:
+        p.error(f"--arch: cannot build {a.arch} with {model_kwargs}: {exc}")
+    if a.sync_bn and ctx.distributed:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = net.to(ctx.device)
+    return net.to(memory_format=torch.channels_last) if a.channels_last else net
+
+
+def _with_manifold(p: argparse.ArgumentParser, a: argparse.Namespace, net: Any, num_classes: int) -> Any:
+    """The model the training step calls: `net`, or `net` in ManifoldMixup when asked."""
+    from dalimix import ManifoldMixup
+
+    if a.manifold_mixup_alpha <= 0:
+        return net
+    layers = [s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None
+    try:
+        return ManifoldMixup(net, alpha=a.manifold_mixup_alpha, layers=layers, include_input=not a.manifold_no_input,
+                             num_classes=num_classes)
+    except (ValueError, TypeError) as exc:
+        if layers is None:
+            names = [n for n, _ in net.named_modules() if n and n.count(".") <= 1][:12]
+            p.error(f"--manifold-mixup-alpha: {a.arch} has no default mixing layers (residual "
+                    f"stages); name some with --manifold-layers, e.g. from {names}")
+        p.error(f"--manifold-layers: {exc}")
+
+
+def _seed_everything(a: argparse.Namespace, ctx: Any) -> None:
+    import numpy as np
+    import torch
+
+    if a.seed is None:
+        a.seed = ctx.broadcast_object(random.SystemRandom().randrange(2 ** 31))
+    random.seed(a.seed + ctx.rank)
+    np.random.seed(a.seed + ctx.rank)
+    torch.manual_seed(a.seed + ctx.rank)
+    if a.torch_threads is not None:
+        torch.set_num_threads(a.torch_threads)
+    elif a.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // ctx.world_size - a.threads))
+    if a.device == "gpu":
+        torch.backends.cudnn.benchmark = not a.deterministic
+        torch.backends.cudnn.deterministic = a.deterministic
+
+
+def _load_resume(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
+    """The checkpoint to continue from (None without --resume), checked against the flags."""
+    if not a.resume:
+        return None
+    from dalimix import engine
+    from dalimix.resume import Resume
+
+    try:
+        resume = Resume.load(a.resume, trust=a.trust_checkpoint)
+    except (engine.CheckpointError, FileNotFoundError) as exc:
+        p.error(f"--resume: {exc}")
+    if resume.args.get("arch") not in (None, a.arch):
+        p.error(f"--arch: the checkpoint was trained with --arch {resume.args['arch']}, not {a.arch}")
+    if a.seed is None and resume.args.get("seed") is not None:
+        a.seed = int(resume.args["seed"])
+    if resume.start_epoch > a.epochs:
+        p.error(f"--epochs: the checkpoint already completed {resume.start_epoch} epoch(s); "
+                f"ask for more than {resume.start_epoch} to continue")
+    _check_resume_output(p, a, resume)
+    return resume
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -331,186 +363,94 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = parser.parse_args(argv)
     _check_args(parser, a)
 
-    import numpy as np
+    import dataclasses
+
     import torch
-    import torchvision
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from dalimix import DaliLoader, ManifoldMixup, MixConfig
     from dalimix import engine
     from dalimix.distributed import init_distributed
-    from pipelines.imagenet import val_pipeline
+    from dalimix.validation import ArgumentError
 
-    resume = None
-    if a.resume:
-        try:
-            resume = engine.load_checkpoint(a.resume, trust=a.trust_checkpoint)
-        except (engine.CheckpointError, FileNotFoundError) as exc:
-            parser.error(f"--resume: {exc}")
-        old = resume.get("run_info", {}).get("args", {})
-        if old.get("arch") not in (None, a.arch):
-            parser.error(f"--arch: the checkpoint was trained with --arch {old['arch']}, not {a.arch}")
-        if a.seed is None and old.get("seed") is not None:
-            a.seed = int(old["seed"])
-        _check_resume_output(parser, a, resume)
-
+    resume = _load_resume(parser, a)
     ctx = init_distributed(a.device, a.dist_timeout)
-    main_rank = ctx.is_main
-    log = print if main_rank else (lambda *_, **__: None)
+    log = print if ctx.is_main else (lambda *_, **__: None)
     try:
-        if a.seed is None:
-            a.seed = ctx.broadcast_object(random.SystemRandom().randrange(2 ** 31))
-        random.seed(a.seed + ctx.rank)
-        np.random.seed(a.seed + ctx.rank)
-        torch.manual_seed(a.seed + ctx.rank)
-        if a.torch_threads is not None:
-            torch.set_num_threads(a.torch_threads)
-        elif a.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            torch.set_num_threads(max(1, cores // ctx.world_size - a.threads))
-        if a.device == "gpu":
-            torch.backends.cudnn.benchmark = not a.deterministic
-            torch.backends.cudnn.deterministic = a.deterministic
-
+        _seed_everything(a, ctx)
         num_classes = len(a.classes)
-        mix = None
-        if a.mixup_alpha > 0 or a.cutmix_alpha > 0 or a.cutmix_minmax is not None or a.label_smoothing > 0:
-            mix = MixConfig(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
-                            cutmix_minmax=tuple(a.cutmix_minmax) if a.cutmix_minmax else None, prob=a.mix_prob,
-                            switch_prob=a.switch_prob, mode=a.mix_mode, label_smoothing=a.label_smoothing,
-                            num_classes=num_classes)
-
-        start_epoch = int(resume["epoch"]) + 1 if resume is not None else 0
+        mix = dataclasses.replace(a.mix, num_classes=num_classes) if a.mix is not None else None
+        start_epoch = resume.start_epoch if resume is not None else 0
         plot_title = f"{a.arch} on {os.path.join(*os.path.abspath(a.data).split(os.sep)[-2:])}"
-        if start_epoch > a.epochs:
-            parser.error(f"--epochs: the checkpoint already completed {start_epoch} epoch(s); "
-                         f"ask for more than {start_epoch} to continue")
         if resume is not None and start_epoch == a.epochs:
             # A finished run (or one killed after its last checkpoint): only make the outputs agree with it.
-            if a.output and main_rank:
-                cfg = engine.FitConfig(epochs=a.epochs, output=a.output, run_info=dict(resume.get("run_info") or {}),
-                                       plot_title=plot_title, resumed_from=a.resume)
-                engine.repair_outputs(a.output, engine.TrainState.from_checkpoint(resume), cfg, ctx, log=log)
+            if a.output and ctx.is_main:
+                cfg = engine.FitConfig(epochs=a.epochs, output=a.output,
+                                       run_info=dict(resume.checkpoint.get("run_info") or {}), plot_title=plot_title,
+                                       resumed_from=a.resume)
+                engine.repair_outputs(a.output, engine.TrainState.from_checkpoint(resume.checkpoint), cfg, ctx,
+                                      log=log)
             log(f"--resume: {a.resume} already completed all {a.epochs} epoch(s) of --epochs {a.epochs}; nothing to "
                 f"train" + (f" (the outputs in {a.output} agree with it)" if a.output else "")
                 + "; pass a larger --epochs to train on")
             return 0
-        model_kwargs: dict[str, Any] = {"num_classes": num_classes}
-        if a.arch.startswith("vit_"):
-            model_kwargs["image_size"] = a.crop  # ViTs are built for one input size
-        try:
-            net = torchvision.models.get_model(a.arch, **model_kwargs)
-        except (ValueError, TypeError) as exc:
-            parser.error(f"--arch: cannot build {a.arch} with {model_kwargs}: {exc}")
-        if resume is not None:
-            try:
-                net.load_state_dict(resume["model"])
-            except RuntimeError as exc:
-                parser.error(f"--resume: the checkpoint does not fit --arch {a.arch} with {num_classes} classes: "
-                             f"{str(exc).splitlines()[0]}")
-        if a.sync_bn and ctx.distributed:
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = net.to(ctx.device)
-        if a.channels_last:
-            net = net.to(memory_format=torch.channels_last)
 
-        model: torch.nn.Module = net
-        manifold = a.manifold_mixup_alpha > 0
-        if manifold:
-            layers = [s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None
-            try:
-                model = ManifoldMixup(net, alpha=a.manifold_mixup_alpha, layers=layers,
-                                      include_input=not a.manifold_no_input, num_classes=num_classes)
-            except (ValueError, TypeError) as exc:
-                if layers is None:
-                    names = [n for n, _ in net.named_modules() if n and n.count(".") <= 1][:12]
-                    parser.error(f"--manifold-mixup-alpha: {a.arch} has no default mixing layers (residual "
-                                 f"stages); name some with --manifold-layers, e.g. from {names}")
-                parser.error(f"--manifold-layers: {exc}")
-
+        net = _network(parser, a, num_classes, ctx)
+        model = _with_manifold(parser, a, net, num_classes)
         try:
-            train_loader, data_start = _build_train_loader(a, ctx, mix, start_epoch, resume)
+            train_loader, first_epoch = _train_loader(a, ctx, mix, resume)
             if train_loader.classes != a.classes:
                 raise RuntimeError(f"class folders changed while listing {a.data}/train")
             if a.mixup_off_epoch is not None and train_loader.schedule is not None:
                 train_loader.set_mix(False, from_epoch=a.mixup_off_epoch)  # the pipeline is not rebuilt
-            val_pipe = val_pipeline(os.path.join(a.data, "val"), batch_size=a.val_batch_size or a.batch_size,
-                                    crop=a.crop, resize=a.val_resize, device=a.device, num_threads=a.threads,
-                                    shard_id=ctx.rank, num_shards=ctx.world_size,
-                                    device_id=ctx.local_rank if a.device == "gpu" else None,
-                                    channels_last=a.channels_last, classes=a.classes)
-            _truncate(val_pipe, a.max_val_steps)
-            val_loader = DaliLoader(val_pipe)
-        except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
-            # Dataset and pipeline problems are the user's settings: argparse errors naming the flag.
-            msg = str(exc)
-            flag = ("--batch-size" if "batch_size" in msg else "--re-prob/--re-mode/--re-count" if "re_" in msg
-                    else "--data")
-            parser.error(f"{flag}: {msg}")
+            val_loader = _val_loader(a, ctx)
+        except ArgumentError as exc:
+            parser.error(f"{FLAGS.get(exc.argument, '--data')}: {exc}")
+        except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+            parser.error(f"--data: {exc}")  # dataset problems: missing, empty or bad folders and files
+
         mix_layers = list(getattr(model, "eligible_layers", []))
         if ctx.distributed:
             model = DDP(model, device_ids=[ctx.local_rank] if a.device == "gpu" else None)
-
+        steps = len(train_loader)
         optimizer = torch.optim.SGD(engine.param_groups(net, a.weight_decay, a.decay_norm_bias), lr=a.lr,
                                     momentum=a.momentum, nesterov=not a.no_nesterov and a.momentum > 0)
-        steps = len(train_loader)
         scheduler = engine.warmup_cosine(optimizer, total_steps=a.epochs * steps,
                                          warmup_steps=int(round(a.warmup_epochs * steps)),
                                          min_lr_ratio=a.min_lr / a.lr)
-        use_scaler = a.amp and a.device == "gpu"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if a.device == "gpu" else None
+        scaler = torch.amp.GradScaler("cuda", enabled=a.amp) if a.device == "gpu" else None
         amp_dtype = (torch.float16 if a.device == "gpu" else torch.bfloat16) if a.amp else None
-
         state = engine.TrainState()
         if resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-            if resume.get("scheduler") is not None:
-                # The schedule's shape (total and warmup steps) comes from this run's flags and steps per epoch,
-                # its position from the checkpoint's epoch: another batch size or number of ranks rescales it.
-                stored = engine.restore_schedule(scheduler, resume["scheduler"], epoch=start_epoch,
-                                                 steps_per_epoch=steps)
-                if stored != start_epoch * steps:
-                    before = resume.get("run_info", {}).get("steps_per_epoch") or stored // max(1, start_epoch)
-                    log(f"--resume: {before} -> {steps} steps per epoch (--batch-size {a.batch_size} x "
-                        f"{ctx.world_size} rank(s)); the LR schedule is rescaled to {steps} steps per epoch, "
-                        f"lr {optimizer.param_groups[0]['lr']:.4g} at epoch {start_epoch + 1}")
-            if scaler is not None and resume.get("scaler"):
-                scaler.load_state_dict(resume["scaler"])
-            rngs = resume.get("rng") or []
-            if len(rngs) == ctx.world_size:
-                engine.set_rng_state(rngs[ctx.rank])
-            elif main_rank:
-                warnings.warn(f"--resume: the checkpoint has RNG states of {len(rngs)} rank(s), this run has "
-                              f"{ctx.world_size}; model-side random draws will differ")
-            state = engine.TrainState.from_checkpoint(resume)
+            try:
+                state = resume.restore(model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ctx=ctx,
+                                       steps_per_epoch=steps, log=log, prefix="--resume",
+                                       steps_note=f"(--batch-size {a.batch_size} x {ctx.world_size} rank(s))")
+            except ValueError as exc:
+                parser.error(f"--resume: {exc} (--arch {a.arch} with {num_classes} classes)")
             log(f"resumed from {a.resume}: epoch {start_epoch + 1} of {a.epochs}")
 
-        n_train = len(train_loader.source.files)
-        n_val = len(val_loader.source.files)
+        n_train, n_val = len(train_loader.source.files), len(val_loader.source.files)
+        manifold = a.manifold_mixup_alpha > 0
         log(f"{a.arch}: {num_classes} classes, {n_train} train / {n_val} val images, {ctx.world_size} rank(s) on "
             f"{a.device}, {steps} steps/epoch of {a.batch_size} per rank; mixing: "
             f"{'in-loader ' + repr(mix) if mix else 'none in the loader'}"
             f"{f', manifold mixup alpha={a.manifold_mixup_alpha} at {mix_layers}' if manifold else ''}")
-        args_record = {k: _jsonable(v) for k, v in vars(a).items() if k != "classes"}
+        args_record = {k: _jsonable(v) for k, v in vars(a).items() if k not in ("classes", "mix")}
         run_info = {"arch": a.arch, "num_classes": num_classes, "train_images": n_train, "val_images": n_val,
                     "steps_per_epoch": steps, "global_batch_size": a.batch_size * ctx.world_size,
                     "num_params": sum(p.numel() for p in net.parameters()), "args": args_record}
-        recorder = engine.SeenRecorder() if a.dump_seen else None
-        epochs_this_run = a.stop_at_epoch if a.stop_at_epoch is not None else a.epochs
         cfg = engine.FitConfig(
-            epochs=a.epochs, output=a.output, amp_dtype=amp_dtype, manifold=manifold,
-            manifold_off_epoch=a.mixup_off_epoch, max_grad_norm=a.clip_grad, progress=not a.no_progress,
-            print_freq=a.print_freq, run_info=run_info, data_start_epoch=data_start,
-            plot_title=plot_title, recorder=recorder,
+            epochs=a.epochs, output=a.output, amp_dtype=amp_dtype, manifold=manifold, mix_off_epoch=a.mixup_off_epoch,
+            max_grad_norm=a.clip_grad, progress=not a.no_progress, print_freq=a.print_freq, run_info=run_info,
+            first_epoch=first_epoch, plot_title=plot_title, recorder=engine.SeenRecorder() if a.dump_seen else None,
             recorder_path=os.path.join(a.dump_seen, f"rank{ctx.rank}_seen.json") if a.dump_seen else None,
-            stop_epoch=epochs_this_run, resumed_from=a.resume)
+            stop_epoch=a.stop_at_epoch, resumed_from=a.resume)
         t0 = time.perf_counter()
         summary = engine.fit(model, train_loader, val_loader, optimizer, ctx=ctx, cfg=cfg, scheduler=scheduler,
                              scaler=scaler, state=state, log=log)
-        if main_rank:
-            log(f"done in {time.perf_counter() - t0:.1f}s: val top-1 {_pct(summary.get('final_val_top1'))} "
-                f"(best {_pct(summary.get('best_val_top1'))}), top-5 {_pct(summary.get('final_val_top5'))}, "
-                f"{_num(summary.get('images_per_sec'))} img/s" + (f"; outputs in {a.output}" if a.output else ""))
+        log(f"done in {time.perf_counter() - t0:.1f}s: val top-1 {_pct(summary.get('final_val_top1'))} "
+            f"(best {_pct(summary.get('best_val_top1'))}), top-5 {_pct(summary.get('final_val_top5'))}, "
+            f"{_num(summary.get('images_per_sec'))} img/s" + (f"; outputs in {a.output}" if a.output else ""))
         return 0
     except Exception as exc:
         if ctx.distributed:

@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
         common = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=max(1, a.workers))
         train = DaliLoader(train_pipeline(os.path.join(a.data, "train"), seed=a.seed, **common))
         val = DaliLoader(val_pipeline(os.path.join(a.data, "val"), resize=resize, **common))
-        num_classes = len(train.pipeline.dalimix_classes)
+        num_classes = len(train.classes)
     else:
         train_set = torchvision.datasets.ImageFolder(os.path.join(a.data, "train"), train_tf)
         val_set = torchvision.datasets.ImageFolder(os.path.join(a.data, "val"), val_tf)

@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 from nvidia.dali import fn, types
 
+from dalimix import validation as V
 from dalimix.ops.mix_params import as_batch
 
 MODES = ("const", "rand", "pixel")
+MAX_COUNT = 8  # regions per image the native operator takes
 ATTEMPTS = 10
 AREA = (0.02, 1 / 3)
 LOG_RATIO = (math.log(0.3), math.log(1 / 0.3))
@@ -29,12 +31,11 @@ class ErasingConfig:
     count: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prob, (int, float)) or not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"re_prob must be in [0, 1], got {self.prob!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"re_mode must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
-            raise ValueError(f"re_count must be an int >= 1, got {self.count!r}")
+        V.probability("re_prob", self.prob)
+        V.one_of("re_mode", self.mode, MODES)
+        V.positive_int("re_count", self.count)
+        if self.count > MAX_COUNT:
+            raise V.ArgumentError("re_count", f"re_count must be at most {MAX_COUNT}, got {self.count!r}")
 
 
 def erase_boxes(u: np.ndarray, height: int, width: int, count: int) -> np.ndarray:

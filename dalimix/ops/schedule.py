@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from dalimix import validation as V
+
 
 class MixSchedule:
     """Which epochs mix: on by default, off from `off_epoch`, changed later with `set`."""
@@ -19,15 +21,13 @@ class MixSchedule:
     def __init__(self, source: Any, off_epoch: Optional[int] = None):
         self._source = source
         self._changes: list[tuple[int, bool]] = []
-        if off_epoch is not None:
-            if isinstance(off_epoch, bool) or not isinstance(off_epoch, int) or off_epoch < 0:
-                raise ValueError(f"mix_off_epoch must be None or an int >= 0, got {off_epoch!r}")
+        if V.optional_epoch("mix_off_epoch", off_epoch) is not None:
             self.set(False, from_epoch=off_epoch)
 
     def set(self, enabled: bool, from_epoch: int) -> None:
         """Mix (or not) in every epoch from `from_epoch` on; batches already drawn are unaffected."""
-        if isinstance(from_epoch, bool) or not isinstance(from_epoch, int) or from_epoch < 0:
-            raise ValueError(f"from_epoch must be an int >= 0, got {from_epoch!r}")
+        if V.optional_epoch("from_epoch", from_epoch) is None:
+            raise V.ArgumentError("from_epoch", "from_epoch must be an int >= 0, got None")
         self._changes = [c for c in self._changes if c[0] < from_epoch] + [(int(from_epoch), bool(enabled))]
 
     def enabled(self, epoch: int) -> bool:
