@@ -23,6 +23,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from dalimix import adapters
+
 __all__ = ["DistContext", "init_distributed", "env_world", "is_communication_error"]
 
 
@@ -220,7 +222,7 @@ def _report_store(rank: int, local_rank: int) -> Any:
     """The default group's store under a prefix of this launch (torchrun restarts get their own), with this
     rank's node, host and pid registered; None where it cannot be had."""
     try:
-        base = dist.distributed_c10d._get_default_store()
+        base = adapters.default_store()
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"dalimix/{attempt}/", base)
         store.set(f"host/{rank}", json.dumps({"node": int(os.environ.get("GROUP_RANK", "0")),

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dalimix import adapters
+
 __all__ = ["ManifoldMixup", "resnet_mix_layers"]
 
 INPUT = "input"
@@ -179,8 +181,6 @@ class ManifoldMixup(nn.Module):
         self.eligible_layers: list[str] = ([INPUT] if self.include_input else []) + layers
         if not self.eligible_layers:
             raise ValueError("ManifoldMixup: nothing to mix: layers is empty and include_input=False")
-        # Not registered (no state_dict entries); Beta(a, a) is the first coordinate of Dirichlet([a, a]).
-        self._concentration = torch.tensor([self.alpha, self.alpha], dtype=torch.float64)
 
         self.last_layer: Optional[str] = None
         self.last_lam: Optional[float] = None
@@ -197,8 +197,7 @@ class ManifoldMixup(nn.Module):
         g = self.generator
         n = len(self.eligible_layers)
         index = int(torch.randint(n, (1,), generator=g)) if n > 1 else 0
-        # What torch.distributions.Beta samples with, but taking a generator.
-        lam = float(torch._sample_dirichlet(self._concentration, generator=g)[0])
+        lam = adapters.beta_sample(self.alpha, g)
         if not math.isfinite(lam):  # both gamma draws underflowed (tiny alpha): the alpha -> 0 limit
             lam = float(torch.rand((), generator=g) < 0.5)
         perm = torch.randperm(batch_size, generator=g)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from nvidia.dali import fn, types
 
-from dalimix import native
+from dalimix import adapters, native
 from dalimix.config import MixConfig
 from dalimix.ops.mix_params import KIND_CUTMIX, KIND_MIXUP, NUM_UNIFORMS, as_batch, float32_threshold, mix_params
 from dalimix.ops.targets import smoothed_targets
@@ -61,7 +61,7 @@ class _ParamStep:
         kind = p["kind"]
         # Per-sample views, not copies: DALI takes a list of arrays per output.
         return (_rows(p["partner"]), _rows(kind == KIND_MIXUP), _rows(kind == KIND_CUTMIX),
-                list(p["weight"].reshape(n, 1)), list(anchors), list(sizes), list(p["targets"]))
+                list(p["lam"].reshape(n, 1)), list(anchors), list(sizes), list(p["targets"]))
 
 
 def _rows(values: np.ndarray) -> list[np.ndarray]:
@@ -78,15 +78,8 @@ def _from_hwc(images: DataNode, layout: str) -> DataNode:
     return images if layout == "HWC" else fn.transpose(images, perm=[2, 0, 1], output_layout="CHW")
 
 
-def _split(node: DataNode, predicate: DataNode) -> tuple[DataNode, DataNode]:
-    # DALI's per-sample conditional execution (what `if` compiles to with enable_conditionals), used
-    # directly so that mix works in pipelines that do not enable conditionals.
-    true_part, false_part = fn._conditional.split(node, predicate=predicate)
-    return true_part, false_part
-
-
-def _merge(true_part: DataNode, false_part: DataNode, predicate: DataNode) -> DataNode:
-    return fn._conditional.merge(true_part, false_part, predicate=predicate)
+_split = adapters.conditional_split
+_merge = adapters.conditional_merge
 
 
 def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CHW",

@@ -84,9 +84,9 @@ def mix_params(cfg: MixConfig, labels: np.ndarray, u: np.ndarray, lam_mixup: np.
                enabled: np.ndarray, height: int, width: int, with_targets: bool = True) -> dict[str, np.ndarray]:
     """Everything `mix` needs for one batch, from `n` rows of draws.
 
-    Returns per sample: `partner` index, `kind` (0 none, 1 mixup, 2 CutMix), `weight` (share of the own
-    image for mixup), `box` ([y0, x0, y1, x1] pasted from the partner for CutMix, else empty), `lam`
-    (target weight of the own label) and `targets` [n, num_classes].
+    Returns per sample: `partner` index, `kind` (0 none, 1 mixup, 2 CutMix), `box` ([y0, x0, y1, x1] pasted
+    from the partner for CutMix, else empty), `lam` (the own label's target weight, which is also the own
+    image's share in a mixup blend) and `targets` [n, num_classes].
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     n = labels.size
@@ -119,7 +119,6 @@ def mix_params(cfg: MixConfig, labels: np.ndarray, u: np.ndarray, lam_mixup: np.
     out = {
         "partner": partner,
         "kind": kind.astype(np.int32),
-        "weight": lam.astype(np.float32),
         "box": boxes.astype(np.int32),
         "lam": lam.astype(np.float32),
     }
