@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""Reproduce the mixup / Manifold Mixup / CutMix papers' comparison with dalimix's loader and engine.
+
+  python scripts/reproduce.py --data DIR --recipe paper --output runs/reproduce          # a GPU, 200 epochs
+  python scripts/reproduce.py --data DIR --recipe cpu --output runs/reproduce_cpu        # 2 CPU cores
+
+DIR holds train/ and val/ (one folder per class). Writes table.md, results.json, curves.png and one folder
+per run in --output; see `--help` and docs/BENCHMARKS.md. The logic lives in `dalimix.reproduce`; this
+script only hands it the pipelines (dalimix itself never imports `pipelines`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # run from anywhere without installing: `dalimix` and `pipelines` live beside scripts/
+    sys.path.insert(0, _ROOT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the comparison with `pipelines.imagenet`'s train and val pipelines."""
+    from dalimix import reproduce
+    from pipelines.imagenet import train_pipeline, val_pipeline
+
+    return reproduce.main(argv, train_pipeline=train_pipeline, val_pipeline=val_pipeline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
