@@ -3,7 +3,7 @@
 It works on any iterable of `(images, targets)` batches (a `dalimix.DaliLoader` in the scripts), with
 int or soft targets, a plain, `ManifoldMixup`-wrapped or DDP-wrapped model, optional AMP, and a
 `dalimix.distributed.DistContext` so that losses, correct counts and sample counts are summed over ranks
-and only rank 0 shows progress bars and writes files. It never imports `pipelines` (see DESIGN.md); what it
+and only rank 0 shows progress bars and writes files. It never imports `pipelines` (see docs/DESIGN.md); what it
 knows about DALI is the pipeline checkpoint that makes a resumed run draw the same augmentations.
 
 Output of `fit` (rank 0, in `output`): `metrics.jsonl` (a line per epoch), `summary.json`, `checkpoint.pt`

@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -82,5 +81,11 @@ def main(argv=None) -> str:
     return a.out
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console entry point (`dalimix-preview`): exit status 0 on success."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -24,7 +24,6 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -257,5 +256,11 @@ def plot(r: dict, path: str) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console entry point (`dalimix-profile`): exit status 0 on success."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

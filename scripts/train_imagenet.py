@@ -20,9 +20,6 @@ import time
 import warnings
 from typing import Any, Optional
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # run from anywhere without installing: `dalimix` and `pipelines` live beside scripts/
-    sys.path.insert(0, _ROOT)
 
 EPILOG = """\
 distributed training:
@@ -472,5 +469,10 @@ def _num(v: Any) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
 
+def cli() -> int:
+    """Console entry point (`dalimix-train`): exit status 0 on success."""
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

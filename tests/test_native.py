@@ -308,9 +308,9 @@ def test_train_pipeline_native_and_stock_agree(tmp_path):
     cfg = MixConfig(num_classes=3, mode="elem")
     kw = dict(batch_size=6, crop=20, device="cpu", num_threads=1, seed=5, mix=cfg)
 
-    def first_batch(pipe):
-        pipe.build()
-        images, targets = pipe.run()
+    def first_batch(spec):
+        spec.pipeline.build()
+        images, targets = spec.pipeline.run()
         return np.stack([np.asarray(t) for t in images]), np.stack([np.asarray(t) for t in targets])
 
     a_img, a_t = first_batch(train_pipeline(root, **kw))

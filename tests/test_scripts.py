@@ -74,3 +74,11 @@ def test_torchvision_baseline_one_epoch(tiny, tmp_path, loader):
     assert len(summary["history"]) == 1
     assert 0.0 <= summary["final_val_top1"] <= 100.0 and summary["images_per_sec"] > 0
     assert summary["args"]["loader"] == loader
+
+
+@pytest.mark.parametrize("command", ["dalimix-train", "dalimix-profile", "dalimix-preview"])
+def test_console_commands_are_installed(command, tmp_path):
+    exe = Path(sys.executable).parent / command
+    assert exe.exists(), f"{command} is not installed beside {sys.executable} (pip install -e .)"
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and f"usage: {command}" in proc.stdout
