@@ -11,7 +11,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
                     ".jp2")
@@ -65,22 +65,27 @@ def sniff_problem(path: str) -> str | None:
     """Why the file at `path` cannot be an image DALI decodes, or None if it looks fine."""
     try:
         size = os.path.getsize(path)
-        if size == 0:
-            return "empty file"
         with open(path, "rb") as fh:
-            head = fh.read(16)
-            kind = _kind(head)
-            if kind is None:
-                return "not an image (unknown leading bytes)"
-            if kind == "jpeg":
-                if size < 4:
-                    return "JPEG cut short (no end-of-image marker)"
-                fh.seek(max(size - _EOI_WINDOW, 2))
-                tail = fh.read()
-                if b"\xff\xd9" not in tail:
-                    return "JPEG cut short (no end-of-image marker)"
+            return sniff_stream(fh, 0, size)
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
+
+
+def sniff_stream(fh: Any, offset: int, size: int) -> str | None:
+    """`sniff_problem` for `size` bytes at `offset` of an open binary file (e.g. a member of a tar shard)."""
+    if size == 0:
+        return "empty file"
+    fh.seek(offset)
+    kind = _kind(fh.read(min(16, size)))
+    if kind is None:
+        return "not an image (unknown leading bytes)"
+    if kind == "jpeg":
+        if size < 4:
+            return "JPEG cut short (no end-of-image marker)"
+        start = max(size - _EOI_WINDOW, 2)
+        fh.seek(offset + start)
+        if b"\xff\xd9" not in fh.read(size - start):
+            return "JPEG cut short (no end-of-image marker)"
     return None
 
 
@@ -262,12 +267,14 @@ def read_file_list(file_list: str | os.PathLike, root: str | os.PathLike | None 
 
 
 def find_undecodable(files: Sequence[str], *, progress: bool = True, device: str = "cpu",
-                     device_id: int | None = None) -> list[str]:
+                     device_id: int | None = None, read: Any = None) -> list[str]:
     """The files among `files` that DALI's decoder rejects, tried one by one (to name the file behind a decode
     error). `device="gpu"` tries DALI's GPU (nvJPEG / hardware) decoder on GPU `device_id`, which can reject
-    files the CPU decoder reads."""
+    files the CPU decoder reads. `read(name)` gives the encoded bytes of a name (default: read the file)."""
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
+
+    read = read or (lambda f: np.fromfile(f, dtype=np.uint8))
 
     gpu = device == "gpu"
 
@@ -286,7 +293,7 @@ def find_undecodable(files: Sequence[str], *, progress: bool = True, device: str
         if pipe is None:
             pipe = probe()
             pipe.build()
-        pipe.feed_input("data", [np.fromfile(f, dtype=np.uint8)])
+        pipe.feed_input("data", [read(f)])
         try:
             pipe.run()
         except RuntimeError:

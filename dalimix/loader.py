@@ -16,7 +16,6 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dalimix.dataset import DecodeError, find_undecodable
 from dalimix.ops.schedule import MixSchedule
-from dalimix.source import FileSource
 from dalimix.spec import PipelineSpec
 
 _POLICIES = {"drop": LastBatchPolicy.DROP, "partial": LastBatchPolicy.PARTIAL, "fill": LastBatchPolicy.FILL}
@@ -43,7 +42,7 @@ class DaliLoader:
                 raise ValueError("output_map, reader_name and layout come with the PipelineSpec; pass them only "
                                  "with a bare DALI pipeline")
             self.pipeline = spec.pipeline
-            output_map, layout = spec.outputs, spec.layout
+            output_map, layout, reader_name = spec.outputs, spec.layout, spec.reader_name
             last_batch = last_batch or spec.last_batch
         else:
             self.pipeline = pipeline
@@ -69,7 +68,8 @@ class DaliLoader:
         self._empty: Optional[tuple[torch.Tensor, ...]] = None
 
     @property
-    def source(self) -> Optional[FileSource]:
+    def source(self) -> Any:
+        """The pipeline's file source (`FileSource`, or `ShardSource` for tar shards); None for a bare pipeline."""
         return self.spec.source if self.spec is not None else None
 
     @property
@@ -165,13 +165,21 @@ class DaliLoader:
         """Name the file behind a DALI failure where the pipeline is dalimix's own."""
         if self.source is None:
             return exc
+        device_id = getattr(self.pipeline, "device_id", None)
+        if hasattr(self.source, "epoch_members"):  # tar shards: the reader's order is not ours to replay
+            bad = self.source.find_undecodable(self.epoch)
+            if not bad and device_id is not None:
+                bad = self.source.find_undecodable(self.epoch, device="gpu", device_id=device_id)
+            if bad:
+                return DecodeError(bad, str(exc))
+            return RuntimeError(f"DALI pipeline ({self.spec.settings}) failed in epoch {self.epoch}, batch "
+                                f"{self._in_epoch}: {exc}")
         depth = getattr(self.pipeline, "prefetch_queue_depth", 2)
         depth = max(depth.values()) if isinstance(depth, dict) else int(depth)
         candidates: list[str] = []
         for k in range(self._in_epoch, min(self._in_epoch + depth + 2, self.source.own_batches)):
             candidates += self.source.batch_files(self.epoch, k)
         bad = find_undecodable(candidates) if candidates else []
-        device_id = getattr(self.pipeline, "device_id", None)
         if not bad and candidates and device_id is not None:
             # nvJPEG may reject a file the CPU decoder reads: try the suspects on the GPU, one by one.
             bad = find_undecodable(candidates, device="gpu", device_id=device_id)

@@ -26,7 +26,8 @@ class FileSource:
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
-                 start_epoch: int = 0, read_ahead: int = 2, max_batches: int | None = None):
+                 start_epoch: int = 0, read_ahead: int = 2, max_batches: int | None = None,
+                 classes: Sequence[str] = ()):
         if len(files) != len(labels):
             raise ValueError(f"files ({len(files)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
@@ -36,6 +37,7 @@ class FileSource:
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id}")
         self.files = list(files)
+        self.classes = list(classes)  # names of the labels, index = label
         self.labels = np.asarray(labels, dtype=np.int32)
         self.batch_size = int(batch_size)
         self.shard_id = int(shard_id)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from dalimix.ops.schedule import MixSchedule
-from dalimix.source import FileSource
 
 LAST_BATCH = ("drop", "partial", "fill")
 LAYOUTS = ("CHW", "HWC")
@@ -28,19 +27,21 @@ class PipelineSpec:
     layout: "CHW", or "HWC" for channels_last images.
     classes: class names, index = label.
     schedule: the per-epoch mixing switch (train pipelines with mixing), else None.
+    reader_name: the DALI reader that defines the epoch (tar shards), else None (dalimix's file source).
     checkpointing: whether the pipeline keeps DALI checkpoints (`DaliLoader.checkpoint()`).
     settings: the builder's settings in words, for error messages.
     """
 
     pipeline: Any
     outputs: tuple[str, ...]
-    source: FileSource
+    source: Any  # FileSource, or dalimix.shards.ShardSource for tar shards
     last_batch: str
     layout: str
     classes: list[str]
     schedule: Optional[MixSchedule] = None
     checkpointing: bool = False
     settings: str = ""
+    reader_name: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.last_batch not in LAST_BATCH:

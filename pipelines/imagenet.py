@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dalimix import native
+from dalimix import native, shards
 from dalimix import validation as V
 from dalimix.config import MixConfig
 from dalimix.dataset import Dataset, read_file_list, scan_folder
@@ -84,6 +84,44 @@ def normalize_images(images: Any, *, crop: Optional[int], mirror: Any, dtype: st
     return fn.crop_mirror_normalize(
         images, dtype=DTYPES[dtype], output_layout=layout, crop=(crop, crop) if crop else None,
         mean=[m * 255 for m in mean], std=[s * 255 for s in std], mirror=mirror)
+
+
+READER = "Reader"  # the name of the webdataset reader of shard pipelines (DaliLoader asks it for the epoch)
+
+
+def _source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify: bool,
+            classes: Optional[Sequence[str]], allow_outside_root: bool, batch_size: int, shard_id: int,
+            num_shards: int, train: bool, seed: int, first_epoch: int, max_batches: Optional[int]) -> Any:
+    """The file source of a pipeline: a `FileSource` over a folder tree or file list, or a `ShardSource`
+    over tar shards (a brace pattern, a folder of .tar files or one .tar)."""
+    if file_list is None and shards.is_shard_spec(data_dir):
+        if max_batches is not None:
+            raise V.ArgumentError("max_batches_per_epoch", "max_batches_per_epoch works with folder datasets only: "
+                                  "the webdataset reader of tar shards decides where an epoch ends")
+        indexes = shards.index_shards(shards.resolve_shards(data_dir), verify=verify)
+        names = shards.read_classes([ix.shard for ix in indexes], [l for ix in indexes for l in ix.labels], classes)
+        return shards.ShardSource(indexes, names, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
+                                  drop_last=train, start_epoch=first_epoch)
+    dataset = _load(data_dir, file_list, verify, classes, allow_outside_root)
+    source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
+                        num_shards=num_shards, shuffle=train, seed=seed, drop_last=train, start_epoch=first_epoch,
+                        max_batches=max_batches, classes=dataset.classes)
+    return source
+
+
+def _read(source: Any, *, train: bool, seed: int) -> tuple[Any, Any]:
+    """(encoded images, int labels) inside a graph: from the file source, or DALI's webdataset reader."""
+    if not isinstance(source, shards.ShardSource):
+        return fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
+                                  dtype=[types.UINT8, types.INT32])
+    jpegs, cls = fn.readers.webdataset(
+        paths=source.paths, index_paths=source.index_paths, ext=[";".join(shards.IMAGE_EXTS), shards.LABEL_EXT],
+        case_sensitive_extensions=False, missing_component_behavior="error", shard_id=source.shard_id,
+        num_shards=source.num_shards, pad_last_batch=True, random_shuffle=train,
+        initial_fill=max(1, min(4096, source.samples_per_shard)), seed=seed, name=READER)
+    if native.available("cpu"):
+        return jpegs, fn.dalimix.parse_label(cls)
+    return jpegs, fn.python_function(cls, function=shards.parse_label, batch_processing=False)
 
 
 # Where a truncated train graph stops (the profiler's stage breakdown). The native path has no separate
@@ -237,13 +275,13 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     dev_id = _device_id(device, device_id)
     order_seed, aug_seed = _seeds(seed, shard_id, num_shards)
 
-    dataset = _load(data_dir, file_list, verify_files, classes, allow_outside_root)
-    if mix is not None and mix.num_classes < dataset.num_classes:
+    source = _source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
+                     allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
+                     num_shards=num_shards, train=True, seed=order_seed, first_epoch=first_epoch,
+                     max_batches=max_batches_per_epoch)
+    if mix is not None and mix.num_classes < len(source.classes):
         raise V.ArgumentError("num_classes", f"mix.num_classes={mix.num_classes} is smaller than the "
-                                             f"{dataset.num_classes} classes found in {dataset.root!r}")
-    source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
-                        num_shards=num_shards, shuffle=True, seed=order_seed, drop_last=True,
-                        start_epoch=first_epoch, max_batches=max_batches_per_epoch)
+                                             f"{len(source.classes)} classes found in {str(data_dir)!r}")
     schedule = MixSchedule(source, off_epoch=mix_off_epoch) if mix is not None and mix.mixing else None
     layout = "HWC" if channels_last else "CHW"
     body = TrainGraph(crop=crop, device=device, device_id=dev_id, mix=mix, scale=scale, ratio=ratio,
@@ -255,8 +293,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=aug_seed,
                   prefetch_queue_depth=prefetch_queue_depth, enable_checkpointing=True)
     def graph():
-        jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
-                                           dtype=[types.UINT8, types.INT32])
+        jpegs, labels = _read(source, train=True, seed=aug_seed)
         enabled = None
         if schedule is not None:
             enabled = fn.external_source(source=schedule, batch=True, batch_info=True, dtype=types.BOOL)
@@ -264,8 +301,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
 
     pipe = graph(checkpoint=checkpoint) if checkpoint is not None else graph()
     return PipelineSpec(pipeline=pipe, outputs=("images", "targets"), source=source, last_batch="drop",
-                        layout=layout, classes=list(dataset.classes), schedule=schedule, checkpointing=True,
-                        settings=body.describe())
+                        layout=layout, classes=list(source.classes), schedule=schedule, checkpointing=True,
+                        settings=body.describe(), reader_name=READER if isinstance(source, shards.ShardSource) else None)
 
 
 def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, resize: int = 256,
@@ -292,17 +329,16 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     V.one_of("dtype", dtype, tuple(DTYPES))
     dev_id = _device_id(device, device_id)
     prefetch_queue_depth = _prefetch(prefetch_queue_depth)
-    dataset = _load(data_dir, file_list, verify_files, classes, allow_outside_root)
-    source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
-                        num_shards=num_shards, shuffle=False, drop_last=False, max_batches=max_batches_per_epoch)
+    source = _source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
+                     allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
+                     num_shards=num_shards, train=False, seed=0, first_epoch=0, max_batches=max_batches_per_epoch)
     layout = "HWC" if channels_last else "CHW"
     decode_device = "mixed" if device == "gpu" else "cpu"
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=0,
                   prefetch_queue_depth=prefetch_queue_depth)
     def graph():
-        jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
-                                           dtype=[types.UINT8, types.INT32])
+        jpegs, labels = _read(source, train=False, seed=0)
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
         images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_LINEAR, antialias=antialias)
         images = normalize_images(images, crop=crop, mirror=0, dtype=dtype, layout=layout, mean=mean, std=std)
@@ -311,5 +347,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     pipe = graph()
     settings = (f"device={device!r}, dtype={dtype!r}, channels_last={channels_last}, crop={crop}, resize={resize}, "
                 f"antialias={antialias}")
+    sharded = isinstance(source, shards.ShardSource)
     return PipelineSpec(pipeline=pipe, outputs=("images", "targets"), source=source, last_batch="partial",
-                        layout=layout, classes=list(dataset.classes), settings=settings)
+                        layout=layout, classes=list(source.classes), settings=settings,
+                        reader_name=READER if sharded else None)

@@ -201,13 +201,20 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         need(os.path.exists(path), "--data", f"{path!r} does not exist (expected {split}/ with one folder per class)")
         need(os.path.isdir(path), "--data",
              f"{path!r} is not a directory (expected {split}/ with one folder per class)")
-    classes = _class_folders(os.path.join(a.data, "train"))
-    need(bool(classes), "--data", f"{os.path.join(a.data, 'train')!r} has no class folders")
-    val_classes = _class_folders(os.path.join(a.data, "val"))
-    if val_classes != classes:
-        missing = sorted(set(classes) ^ set(val_classes))[:5]
-        p.error(f"--data: train/ and val/ must hold the same class folders (labels follow sorted names); "
-                f"they differ in {missing}")
+    from dalimix import shards
+    train_dir, val_dir = os.path.join(a.data, "train"), os.path.join(a.data, "val")
+    if shards.is_shard_spec(train_dir):  # tar shards (dalimix-make-shards): classes.json names the classes
+        classes, val_classes = _shard_classes(train_dir), _shard_classes(val_dir)
+        need(val_classes == classes, "--data", f"train/ and val/ shards name different classes (classes.json): "
+                                               f"{sorted(set(classes) ^ set(val_classes))[:5]}")
+    else:
+        classes = _class_folders(train_dir)
+        need(bool(classes), "--data", f"{train_dir!r} has no class folders")
+        val_classes = _class_folders(val_dir)
+        if val_classes != classes:
+            missing = sorted(set(classes) ^ set(val_classes))[:5]
+            p.error(f"--data: train/ and val/ must hold the same class folders (labels follow sorted names); "
+                    f"they differ in {missing}")
     a.classes = classes
     a.data = os.path.abspath(a.data)  # recorded in checkpoints: the same folder however it was spelled
 
@@ -227,6 +234,14 @@ def _check_resume_output(p: argparse.ArgumentParser, a: argparse.Namespace, resu
         p.error(f"--resume: {msg}. Resume from {latest} to continue that run, write to another --output to branch "
                 f"off, or pass --discard-later-epochs")
     warnings.warn(f"--resume: {msg} (--discard-later-epochs)", stacklevel=2)
+
+
+def _shard_classes(path: str) -> list[str]:
+    """The class names of the shards in `path`: their classes.json, else the label indices they use."""
+    from dalimix import shards
+
+    paths = shards.resolve_shards(path)
+    return shards.read_classes(paths, [l for ix in shards.index_shards(paths) for l in ix.labels], None)
 
 
 def _class_folders(path: str) -> list[str]:

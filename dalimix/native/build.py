@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 SRC = Path(__file__).resolve().parent / "src"
-CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "mix_params.cc", "erase_params.cc")
+CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "mix_params.cc", "erase_params.cc", "parse_label.cc")
 # Targets must equal NumPy's float32 arithmetic bit for bit: no fused multiply-add there.
 EXACT_SOURCES = ("mix_params.cc", "erase_params.cc")
 GPU_SOURCES = ("fused_gpu.cu",)
