@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "fused_math.h"
 
@@ -60,6 +61,27 @@ inline void InputHWC(const dali::TensorShape<> &s, bool chw, int &h, int &w, int
   w = static_cast<int>(chw ? s[2] : s[1]);
   c = static_cast<int>(chw ? s[0] : s[2]);
 }
+
+// What both backends of the fused operator share: its options, read once, and the per-batch plan that
+// SetupImpl makes. Each backend only adds RunImpl.
+template <typename Backend>
+class FusedOperatorBase : public dali::StatelessOperator<Backend> {
+ public:
+  explicit FusedOperatorBase(const dali::OpSpec &spec)
+      : dali::StatelessOperator<Backend>(spec), opt_(ReadFusedOptions(spec)) {}
+
+ protected:
+  bool SetupImpl(std::vector<dali::OutputDesc> &output_desc, const dali::Workspace &ws) override {
+    PlanFused(this->spec_, ws, opt_, plan_);
+    output_desc.resize(1);
+    output_desc[0].shape = plan_.out_shape;
+    output_desc[0].type = plan_.dtype;
+    return true;
+  }
+
+  FusedOptions opt_;
+  FusedPlan plan_;
+};
 
 }  // namespace dalimix
 

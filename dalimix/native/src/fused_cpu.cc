@@ -158,20 +158,11 @@ struct RowScratch {
   std::vector<float> tmp, own, other, mixed;
 };
 
-class ResampleMixCPU : public dali::StatelessOperator<CPUBackend> {
+class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
  public:
-  explicit ResampleMixCPU(const dali::OpSpec &spec)
-      : dali::StatelessOperator<CPUBackend>(spec), opt_(ReadFusedOptions(spec)) {}
+  using FusedOperatorBase<CPUBackend>::FusedOperatorBase;
 
  protected:
-  bool SetupImpl(std::vector<OutputDesc> &output_desc, const Workspace &ws) override {
-    PlanFused(spec_, ws, opt_, plan_);
-    output_desc.resize(1);
-    output_desc[0].shape = plan_.out_shape;
-    output_desc[0].type = plan_.dtype;
-    return true;
-  }
-
   void RunImpl(Workspace &ws) override {
     const auto &in = ws.Input<CPUBackend>(0);
     auto &out = ws.Output<CPUBackend>(0);
@@ -343,8 +334,6 @@ class ResampleMixCPU : public dali::StatelessOperator<CPUBackend> {
     }
   }
 
-  FusedOptions opt_;
-  FusedPlan plan_;
 };
 
 }  // namespace dalimix

@@ -142,20 +142,11 @@ void Check(cudaError_t err, const char *what) {
 
 }  // namespace
 
-class ResampleMixGPU : public dali::StatelessOperator<GPUBackend> {
+class ResampleMixGPU : public FusedOperatorBase<GPUBackend> {
  public:
-  explicit ResampleMixGPU(const dali::OpSpec &spec)
-      : dali::StatelessOperator<GPUBackend>(spec), opt_(ReadFusedOptions(spec)) {}
+  using FusedOperatorBase<GPUBackend>::FusedOperatorBase;
 
  protected:
-  bool SetupImpl(std::vector<OutputDesc> &output_desc, const Workspace &ws) override {
-    PlanFused(spec_, ws, opt_, plan_);
-    output_desc.resize(1);
-    output_desc[0].shape = plan_.out_shape;
-    output_desc[0].type = plan_.dtype;
-    return true;
-  }
-
   void RunImpl(Workspace &ws) override {
     const auto &in = ws.Input<GPUBackend>(0);
     auto &out = ws.Output<GPUBackend>(0);
@@ -214,8 +205,6 @@ class ResampleMixGPU : public dali::StatelessOperator<GPUBackend> {
   }
 
  private:
-  FusedOptions opt_;
-  FusedPlan plan_;
   std::vector<GpuSample> host_;
 };
 
