@@ -242,7 +242,22 @@ def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> Built:
                     note = str(exc)
                     failed.write_text(note)
                     gpu = None
+        _prune(root, keep=out_dir)
         return Built(cpu=cpu, gpu=gpu, gpu_note=note)
+
+
+def _prune(root: Path, keep: Path, newest: int = 4) -> None:
+    """Remove all but the `newest` builds (by time of use) besides `keep`: every source edit or DALI upgrade
+    makes a new one. A process that has an old library loaded keeps its mapping."""
+    os.utime(keep)
+    builds = sorted((d for d in root.iterdir() if d.is_dir() and d != keep), key=lambda d: d.stat().st_mtime,
+                    reverse=True)
+    for old in builds[max(0, newest - 1):]:
+        shutil.rmtree(old, ignore_errors=True)
+        try:
+            (root / f"{old.name}.lock").unlink()
+        except OSError:
+            pass
 
 
 def main() -> int:
