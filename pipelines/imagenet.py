@@ -51,6 +51,24 @@ def _prefetch(value: Any, *, graph_reads_gpu_shapes: bool = False) -> Any:
     return V.positive_int("prefetch_queue_depth", value)
 
 
+# What `decoder_options` may set on DALI's GPU decoder (nvJPEG / hardware JPEG): the hardware decoder's
+# share of the batch, the decoder's memory padding, and buffers preallocated for images of a given size.
+DECODER_OPTIONS = ("hw_decoder_load", "device_memory_padding", "host_memory_padding", "device_memory_padding_jpeg2k",
+                   "host_memory_padding_jpeg2k", "preallocate_width_hint", "preallocate_height_hint")
+
+
+def _decoder_options(options: Optional[dict], device: str) -> tuple[tuple[str, Any], ...]:
+    if not options:
+        return ()
+    unknown = sorted(set(options) - set(DECODER_OPTIONS))
+    if unknown:
+        raise V.ArgumentError("decoder_options", f"decoder_options: unknown {unknown}; expected some of "
+                                                 f"{DECODER_OPTIONS}")
+    if device != "gpu":
+        raise V.ArgumentError("decoder_options", "decoder_options tune the GPU decoder; they apply with device='gpu'")
+    return tuple(sorted(options.items()))
+
+
 def _device_id(device: str, device_id: Optional[int]) -> Optional[int]:
     V.one_of("device", device, DEVICES)
     if device == "cpu":
@@ -151,6 +169,7 @@ class TrainGraph:
     std: tuple[float, ...]
     antialias: bool
     erasing: erasing_ops.ErasingConfig
+    decoder_options: tuple[tuple[str, Any], ...] = ()  # extra arguments of the GPU (mixed) decoder
 
     @property
     def native(self) -> bool:
@@ -172,7 +191,8 @@ class TrainGraph:
             return jpegs, labels
         images = fn.decoders.image_random_crop(
             jpegs, device="mixed" if self.device == "gpu" else "cpu", output_type=types.RGB,
-            random_area=list(self.scale), random_aspect_ratio=list(self.ratio), num_attempts=10)
+            random_area=list(self.scale), random_aspect_ratio=list(self.ratio), num_attempts=10,
+            **dict(self.decoder_options))
         if stop == "decode":
             return images, labels
         mixing = self.mix is not None and self.mix.mixing and stop in (None, "mix")
@@ -244,7 +264,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    mix_off_epoch: Optional[int] = None, first_epoch: int = 0, verify_files: bool = True,
                    classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
                    checkpoint: Optional[bytes] = None, allow_outside_root: bool = False,
-                   max_batches_per_epoch: Optional[int] = None) -> PipelineSpec:
+                   max_batches_per_epoch: Optional[int] = None,
+                   decoder_options: Optional[dict] = None) -> PipelineSpec:
     """The ImageNet training pipeline, outputs `("images", "targets")`, as a `PipelineSpec`.
 
     Decode is fused with the random-resized crop (`scale`, `ratio`), then resample to `crop`, optional
@@ -255,6 +276,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     `first_epoch` is the dataset epoch the pipeline starts at. `checkpoint` (from `DaliLoader.checkpoint()`)
     restores the augmentation state of a run: pass the `first_epoch` that run's pipeline was built with, as
     DALI restores its own epoch count. `max_batches_per_epoch` shortens every epoch (smoke runs).
+    `decoder_options` go to DALI's GPU decoder (see `DECODER_OPTIONS`; `dalimix-profile --tune` finds them).
     """
     batch_size = V.positive_int("batch_size", batch_size)
     crop = V.positive_int("crop", crop)
@@ -286,7 +308,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     layout = "HWC" if channels_last else "CHW"
     body = TrainGraph(crop=crop, device=device, device_id=dev_id, mix=mix, scale=scale, ratio=ratio,
                       flip_prob=flip_prob, dtype=dtype, layout=layout, mean=tuple(mean), std=tuple(std),
-                      antialias=antialias, erasing=erasing)
+                      antialias=antialias, erasing=erasing,
+                      decoder_options=_decoder_options(decoder_options, device))
     prefetch_queue_depth = _prefetch(prefetch_queue_depth, graph_reads_gpu_shapes=device == "gpu" and not body.native
                                      and (erasing.prob > 0 or (mix is not None and mix.mixing)))
 

@@ -266,3 +266,19 @@ def test_gpu_mixing_switched_off_for_an_epoch_with_erasing_in_float16(class_tree
         assert torch.isfinite(x).all()
     assert any((t.max(dim=1).values < 0.99).any() for _, t in epochs[0])  # epoch 0 mixes
     assert all((t.max(dim=1).values > 0.99).all() for _, t in epochs[1])  # epoch 1: empty mixing branches
+
+
+def test_decoder_options_are_checked(class_tree):
+    with pytest.raises(ValueError, match=r"decoder_options: unknown \['bogus'\]"):
+        train_pipeline(class_tree, batch_size=2, device="cpu", decoder_options={"bogus": 1})
+    with pytest.raises(ValueError, match="apply with device='gpu'"):
+        train_pipeline(class_tree, batch_size=2, device="cpu", decoder_options={"hw_decoder_load": 0.5})
+
+
+@pytest.mark.gpu
+def test_gpu_decoder_options_reach_the_decoder(class_tree):
+    loader = DaliLoader(train_pipeline(class_tree, batch_size=4, crop=32, device="gpu", seed=1,
+                                       decoder_options={"hw_decoder_load": 0.0, "device_memory_padding": 1 << 20,
+                                                        "preallocate_width_hint": 64, "preallocate_height_hint": 64}))
+    images, _ = next(iter(loader))
+    assert images.is_cuda and images.shape == (4, 3, 32, 32)
