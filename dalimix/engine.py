@@ -6,6 +6,11 @@ int or soft targets, a plain, `ManifoldMixup`-wrapped or DDP-wrapped model, opti
 and only rank 0 shows progress bars and writes files. It never imports `pipelines` (see docs/DESIGN.md); what it
 knows about DALI is the pipeline checkpoint that makes a resumed run draw the same augmentations.
 
+Every epoch also measures how long training waited for its input (`input_wait`: the share of training time
+each rank spent waiting for its next batch; on CUDA the GPU's idle time between steps, read from CUDA events
+without adding synchronisation), shows it on the progress bar, logs it, and says once per run, pointing at
+`dalimix-profile --tune`, when it exceeds `FitConfig.input_wait_threshold` (10%).
+
 Output of `fit` (rank 0, in `output`): `metrics.jsonl` (a line per epoch), `summary.json`, `checkpoint.pt`
 (latest, every epoch), `best.pt` (best val top-1) and `curves.png`. Every file is written to a tmp name and
 renamed, the checkpoint first; a resumed `fit` repairs whatever a crash between two writes left behind.
@@ -23,7 +28,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +43,8 @@ __all__ = [
     "param_groups", "warmup_cosine", "unwrap", "accuracy_counts", "train_one_epoch", "evaluate",
     "rng_state", "set_rng_state", "dali_checkpoint", "save_checkpoint",
     "load_checkpoint", "convert_checkpoint", "checkpoint_epoch", "CheckpointError", "restore_schedule",
-    "repair_outputs", "OUTPUT_FILES", "SeenRecorder", "FitConfig", "TrainState", "fit",
+    "repair_outputs", "OUTPUT_FILES", "SeenRecorder", "FitConfig", "TrainState", "fit", "INPUT_WAIT_THRESHOLD",
+    "input_wait_advice",
 ]
 
 CHECKPOINT_VERSION = 2  # 2: plain data only (loads with weights_only=True)
@@ -135,6 +141,113 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# -- input wait --------------------------------------------------------------------------------------------
+INPUT_WAIT_THRESHOLD = 0.10  # share of training time spent waiting for batches above which `fit` says so
+
+
+class _WaitClock:
+    """How long one rank's training waits for its next batch, over one epoch.
+
+    Host: the seconds spent inside the loader's `next` (no synchronisation: on the CPU the step is synchronous,
+    so this is the whole story). CUDA: the GPU's idle time between steps, from two CUDA events per step, one
+    after the step's last kernel was queued, one after `next` returned, before the batch's first use: when the
+    host queued step k+1 before the GPU finished step k the gap is ~0, otherwise it is exactly the time the GPU
+    sat idle for want of a batch (the DALI output copy included, as it runs on the model's stream). No host
+    synchronisation is added: events are read once they have completed (checked with a non-blocking query each
+    step, and all of them after the epoch's closing synchronisation); the cost is two event records per step
+    (microseconds). The first batch of the epoch is kept apart (`first_wait`): it holds one-time costs (the
+    pipeline build in the first epoch, the refill after an epoch boundary) that say little about steady state.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.batches = 0
+        self.first_wait = 0.0              # seconds until the first batch arrived
+        self.host_wait = 0.0               # seconds in `next` for the later batches
+        self.t_first: Optional[float] = None
+        self.gap_ms = 0.0                  # GPU idle between steps (later steps only)
+        self._pending: list[tuple[Any, Any]] = []  # (end of step k, start of step k+1), not yet read
+        self._end_first: Any = None        # the end of the first step
+        self._end_last: Any = None         # the end of the latest step
+        self._read_until: Any = None       # the latest start-of-step event whose gap was read
+
+    def batches_of(self, loader: Iterable) -> Iterator[Any]:
+        """Iterate `loader`, timing each `next`."""
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            now = time.perf_counter()
+            if self.batches == 0:
+                self.first_wait, self.t_first = now - t, now
+            else:
+                self.host_wait += now - t
+            self.batches += 1
+            yield batch
+
+    def step_start(self) -> None:
+        """Call after the batch arrived, before the step queues any work on the GPU."""
+        if self.cuda and self._end_last is not None:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._pending.append((self._end_last, start))
+
+    def step_end(self) -> None:
+        """Call after the step's last GPU work was queued."""
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            if self._end_first is None:
+                self._end_first = end
+            self._end_last = end
+            self._read(everything=False)
+
+    def _read(self, everything: bool) -> None:
+        """Add up the gaps whose events completed (all of them with `everything`: after a synchronisation)."""
+        done = 0
+        for end, start in self._pending:
+            if not everything and not start.query():  # `end` precedes `start` on the stream
+                break
+            self.gap_ms += end.elapsed_time(start)
+            self._read_until = start
+            done += 1
+        del self._pending[:done]
+
+    def share(self, final: bool = False) -> float:
+        """The share of the time since the first batch spent waiting for the later ones (nan before the
+        second batch). CUDA: the GPU's idle share, from the events completed so far (with `final`, after the
+        epoch's synchronisation: all of them, up to the end of the last step); otherwise the host's share in
+        `next`."""
+        if not self.cuda:
+            return self.host_share(time.perf_counter())
+        self._read(everything=final)
+        until = self._end_last if final else self._read_until
+        if self._end_first is None or until is None or until is self._end_first:
+            return float("nan")
+        span = self._end_first.elapsed_time(until)
+        return min(1.0, self.gap_ms / span) if span > 0 else float("nan")
+
+    def host_share(self, end: float) -> float:
+        """The host's share of the time from the first batch to `end` (perf_counter) spent in `next`."""
+        if self.t_first is None or self.batches < 2 or end <= self.t_first:
+            return float("nan")
+        return min(1.0, self.host_wait / (end - self.t_first))
+
+
+def input_wait_advice(share: float, *, where: str = "", command: Optional[str] = None,
+                      threshold: float = INPUT_WAIT_THRESHOLD) -> Optional[str]:
+    """One line saying the model waits for its input `share` of the time, with what to run, or None when
+    `share` does not exceed `threshold` (or is not a number)."""
+    if not isinstance(share, (int, float)) or not math.isfinite(share) or share <= threshold:
+        return None
+    command = command or "dalimix-profile --tune --data <train folder> --device <cpu|gpu>"
+    return (f"input wait {share:.0%}{where} (over {threshold:.0%}): the model waits for its batches; "
+            f"`{command}` searches DALI threads, prefetch depth and batch size for faster loader settings")
+
+
 class SeenRecorder:
     """Debug record of what each rank read: per epoch and split, the file indices of every batch (from the
     loader's stateless `FileSource`, which is what DALI was fed) and the labels the loader actually yielded
@@ -171,12 +284,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     amp_dtype: Optional[torch.dtype] = None, manifold: bool = False,
                     max_grad_norm: Optional[float] = None, progress: bool = True, print_freq: int = 10,
                     recorder: Optional[SeenRecorder] = None) -> dict[str, float]:
-    """Train `model` for one pass over `loader`; return loss, images, time, images/s and lr, summed over ranks.
+    """Train `model` for one pass over `loader`; return loss, images, time, images/s and lr, summed over ranks,
+    and how long training waited for its input.
 
     Targets may be int labels (cross-entropy) or float soft targets `[N, K]` (SoftTargetCrossEntropy). With
     `manifold`, `model` is (or DDP-wraps) a `ManifoldMixup` and is called as `model(x, targets)`, returning
     `(logits, mixed_targets)`. The scheduler is stepped after every optimizer step. `scaler` is a
     `torch.amp.GradScaler` (or None); `amp_dtype` turns on autocast with that dtype.
+
+    Input wait (each rank, from its second batch on; see `_WaitClock`): `input_wait` is the mean over ranks of
+    the share of training time spent waiting for the next batch (on CUDA the GPU's idle time between steps,
+    from CUDA events, no added synchronisation; on the CPU the time inside the loader's `next`),
+    `input_wait_max` / `input_wait_rank` the worst rank, `input_wait_host` the mean share of host time inside
+    `next`, `first_batch_wait` the mean seconds until the first batch (pipeline build, refill).
     """
     model.train()
     device = ctx.device
@@ -189,15 +309,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     bad_steps = torch.zeros((), dtype=torch.int64, device=device)
     steps = 0
     lr = optimizer.param_groups[0]["lr"]
+    clock = _WaitClock(device)
     _sync(device)
     t0 = time.perf_counter()
-    bar = _bar(loader, total=total, desc=desc, enabled=show)
+    bar = _bar(clock.batches_of(loader), total=total, desc=desc, enabled=show)
     for step, (images, targets) in enumerate(bar):
         if recorder is not None:
             recorder.record("train", epoch, step, loader, targets)
         n = images.shape[0]
         if n == 0:
             continue
+        clock.step_start()
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
@@ -229,6 +351,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         seen += torch.where(finite, torch.full_like(detached, n), torch.zeros_like(detached))
         bad_steps += (~finite).long()
         steps += 1
+        clock.step_end()
         if print_freq > 0 and steps % print_freq == 0:
             # One host sync every print_freq steps: progress, and an early stop when training diverged.
             current = float(detached)
@@ -236,12 +359,22 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                 raise FloatingPointError(f"training loss is {current} at epoch {epoch + 1}, step {step + 1} "
                                          f"(lr {lr:.4g}); lower --lr or check the data")
             if show:
-                bar.set_postfix(loss=f"{current:.4f}", lr=f"{lr:.4g}", refresh=False)
+                wait = clock.share()  # the loss read above synchronised the host with the GPU
+                bar.set_postfix(loss=f"{current:.4f}", lr=f"{lr:.4g}",
+                                wait="-" if math.isnan(wait) else f"{wait:.0%}", refresh=False)
     _sync(device)
-    elapsed = time.perf_counter() - t0
-    totals = ctx.all_reduce_sum([float(loss_sum), float(seen), float(bad_steps), float(steps), elapsed])
+    end = time.perf_counter()
+    elapsed = end - t0
+    share, host_share = clock.share(final=True), clock.host_share(end)
+    # Each rank's wait share in its own slot of the sum, so that every rank learns the worst one.
+    slots = [0.0] * ctx.world_size
+    slots[ctx.rank] = share
+    totals = ctx.all_reduce_sum([float(loss_sum), float(seen), float(bad_steps), float(steps), elapsed,
+                                 host_share, clock.first_wait, *slots])
     loss_total, images_total, bad_total, steps_total = (float(v) for v in totals[:4])
     wall = float(totals[4]) / ctx.world_size  # mean over ranks
+    shares = [float(v) for v in totals[7:]]
+    worst = max(range(len(shares)), key=lambda r: -1.0 if math.isnan(shares[r]) else shares[r])
     if bad_total and (scaler is None or not scaler.is_enabled() or bad_total >= steps_total):
         raise FloatingPointError(f"training loss was non-finite in {int(bad_total)} of {int(steps_total)} steps of "
                                  f"epoch {epoch + 1}; lower --lr or check the data")
@@ -254,6 +387,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         "images_per_sec": fed / wall if wall > 0 else float("nan"),
         "lr": float(lr),
         "train_steps": steps_total / ctx.world_size,
+        "input_wait": float(np.mean(shares)),
+        "input_wait_max": shares[worst],
+        "input_wait_rank": worst,
+        "input_wait_host": float(totals[5]) / ctx.world_size,
+        "first_batch_wait": float(totals[6]) / ctx.world_size,
+        "input_wait_method": "gpu_idle" if device.type == "cuda" else "host",
     }
 
 
@@ -549,6 +688,8 @@ class FitConfig:
     recorder_path: Optional[str] = None
     stop_epoch: Optional[int] = None      # leave after this many epochs are done (the schedule spans `epochs`)
     resumed_from: Optional[str] = None    # the checkpoint file `state` came from (repairs best.pt from it)
+    input_wait_threshold: float = INPUT_WAIT_THRESHOLD  # say so (once) when an epoch waits longer for input
+    tune_command: Optional[str] = None    # what that line tells users to run (default: made from the loader)
 
 
 @dataclass
@@ -605,11 +746,12 @@ OUTPUT_FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json", "cu
 _TMP_FILES = tuple(f"{name}.tmp" for name in OUTPUT_FILES) + ("curves.png.tmp.png",)
 
 
-def _plot(history: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
+def _plot(history: Sequence[Mapping[str, Any]], path: str, title: str,
+          wait_threshold: float = INPUT_WAIT_THRESHOLD) -> None:
     from dalimix.curves import plot_curves
 
     try:
-        plot_curves(history, path, title=title)  # writes a tmp file, then renames it
+        plot_curves(history, path, title=title, wait_threshold=wait_threshold)  # a tmp file, then renamed
     except Exception as exc:  # noqa: BLE001 - a plotting failure must not kill a training run
         warnings.warn(f"could not draw {path}: {exc}")
 
@@ -651,7 +793,7 @@ def repair_outputs(output: str, state: TrainState, cfg: FitConfig, ctx: DistCont
         if current is not None and state.history:
             fixed.append("metrics.jsonl")
     if state.history:
-        _plot(state.history, os.path.join(output, "curves.png"), cfg.plot_title)
+        _plot(state.history, os.path.join(output, "curves.png"), cfg.plot_title, cfg.input_wait_threshold)
         summary_path = os.path.join(output, "summary.json")
         summary = _summary(state, cfg, ctx)
         try:
@@ -676,7 +818,9 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
     `model` is what the training step calls (possibly `DDP(ManifoldMixup(net))`); evaluation and checkpoints
     use the bare `unwrap(model)`. Every epoch (rank 0, when `cfg.output` is set): a line in `metrics.jsonl`,
     `checkpoint.pt` (model, optimizer, scheduler, AMP scaler, epoch, every rank's RNG and DALI pipeline state),
-    `best.pt` when val top-1 improved, `curves.png` and `summary.json`.
+    `best.pt` when val top-1 improved, `curves.png` and `summary.json`. Each epoch's line and row carry its
+    input wait; the first epoch whose worst rank waits more than `cfg.input_wait_threshold` of its training
+    time for input logs one line naming the tuning command (`cfg.tune_command`, or one made from the loader).
     """
     state = state or TrainState()
     net = unwrap(model)
@@ -690,6 +834,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
     start_wall = time.perf_counter()
     prior_wall = state.wall_time
     summary: dict[str, Any] = {}
+    warned = False  # the input-wait line is said once per run
     last = cfg.epochs if cfg.stop_epoch is None else min(cfg.epochs, cfg.stop_epoch)
     for epoch in range(state.epoch, last):
         t0 = time.perf_counter()
@@ -706,7 +851,10 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
                "val_top1": val["val_top1"], "val_top5": val["val_top5"], "images_per_sec": train["images_per_sec"],
                "lr": train["lr"], "epoch_time": epoch_time, "train_time": train["train_time"],
                "train_images": int(train["train_images"]), "val_samples": val["val_samples"],
-               "manifold_mixup": manifold}
+               "manifold_mixup": manifold, "input_wait": train["input_wait"],
+               "input_wait_max": train["input_wait_max"], "input_wait_rank": train["input_wait_rank"],
+               "input_wait_host": train["input_wait_host"], "first_batch_wait": train["first_batch_wait"],
+               "input_wait_method": train["input_wait_method"]}
         state.history.append(row)
         improved = math.isfinite(val["val_top1"]) and val["val_top1"] > state.best_top1
         if improved:
@@ -714,9 +862,19 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
         state.epoch = epoch + 1
         state.wall_time = prior_wall + (time.perf_counter() - start_wall)
         if main:
+            wait = train["input_wait"]
             log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train['train_loss']:.4f}  val loss {val['val_loss']:.4f}"
                 f"  top-1 {val['val_top1']:.2f}%  top-5 {val['val_top5']:.2f}%  "
-                f"{train['images_per_sec']:.1f} img/s  lr {train['lr']:.4g}  ({epoch_time:.1f}s)")
+                f"{train['images_per_sec']:.1f} img/s  input wait {_share(wait)}  lr {train['lr']:.4g}  "
+                f"({epoch_time:.1f}s)")
+            if not warned:
+                worst, rank = train["input_wait_max"], train["input_wait_rank"]
+                where = f" of epoch {epoch + 1}'s training time" + (f" on rank {rank}" if ctx.world_size > 1 else "")
+                line = input_wait_advice(worst, where=where, threshold=cfg.input_wait_threshold,
+                                         command=cfg.tune_command or _tune_command(train_loader, ctx))
+                if line is not None:
+                    log(line)
+                    warned = True
         # Every rank's RNG and DALI state go into the checkpoint (collective: all ranks take part).
         rngs = ctx.all_gather_object(rng_state())
         dalis = ctx.all_gather_object(dali_state)
@@ -740,7 +898,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
             if improved:
                 _copy_atomic(path, os.path.join(out, "best.pt"))
             _write_metrics(os.path.join(out, "metrics.jsonl"), state.history)
-            _plot(state.history, os.path.join(out, "curves.png"), cfg.plot_title)
+            _plot(state.history, os.path.join(out, "curves.png"), cfg.plot_title, cfg.input_wait_threshold)
             _write_json(os.path.join(out, "summary.json"), summary)
         ctx.barrier()
     if cfg.recorder is not None and cfg.recorder_path:
@@ -752,10 +910,37 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
     return summary
 
 
+def _share(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _tune_command(loader: Any, ctx: DistContext) -> str:
+    """The profiler's tuning command for this run's train loader, as far as the loader tells its settings."""
+    parts = ["dalimix-profile --tune"]
+    files = getattr(getattr(loader, "source", None), "files", None)
+    if files:
+        parts.append(f"--data {os.path.dirname(os.path.dirname(os.path.abspath(files[0])))}")
+    else:
+        parts.append("--data <train folder>")
+    parts.append(f"--device {'gpu' if ctx.device.type == 'cuda' else 'cpu'}")
+    threads = getattr(getattr(loader, "pipeline", None), "num_threads", None)
+    if isinstance(threads, int):
+        parts.append(f"--threads {threads}")
+    batch = getattr(loader, "batch_size", None)
+    if isinstance(batch, int):
+        parts.append(f"--batch-size {batch}")
+    return " ".join(parts)
+
+
+def _finite(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+
+
 def _summary(state: TrainState, cfg: FitConfig, ctx: DistContext) -> dict[str, Any]:
     last = state.history[-1] if state.history else {}
-    rates = [r["images_per_sec"] for r in state.history if r.get("images_per_sec") is not None
-             and math.isfinite(r["images_per_sec"])]
+    rates = _finite(state.history, "images_per_sec")
+    waits = _finite(state.history, "input_wait")
+    worst = _finite(state.history, "input_wait_max")
     return {
         "epochs_completed": state.epoch,
         "epochs": cfg.epochs,
@@ -769,6 +954,11 @@ def _summary(state: TrainState, cfg: FitConfig, ctx: DistContext) -> dict[str, A
         # The first epoch pays for warm-up (allocations, caches); report the later ones where there are any.
         "images_per_sec": (float(np.mean(rates[1:])) if len(rates) > 1 else (rates[0] if rates else None)),
         "images_per_sec_last_epoch": last.get("images_per_sec"),
+        # Share of training time waiting for input, mean over ranks, like images/s over the later epochs.
+        "input_wait": (float(np.mean(waits[1:])) if len(waits) > 1 else (waits[0] if waits else None)),
+        "input_wait_max": max(worst) if worst else None,  # the worst rank in the worst epoch
+        "input_wait_last_epoch": last.get("input_wait"),
+        "input_wait_method": last.get("input_wait_method"),
         "wall_time": state.wall_time,
         "world_size": ctx.world_size,
         "device": str(ctx.device),
