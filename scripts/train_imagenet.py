@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=256, help="train batch size per rank (default 256)")
     g.add_argument("--val-batch-size", type=int, default=None, help="val batch size per rank (default --batch-size)")
     g.add_argument("--channels-last", action="store_true", help="NHWC images and model (faster with AMP on GPU)")
+    g.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="batches DALI prepares ahead (prefetch_queue_depth, default 2)")
+    g.add_argument("--hw-decoder-load", type=float, default=None, metavar="F",
+                   help="--device gpu: share of each batch for the hardware JPEG decoder (default DALI's)")
+    g.add_argument("--decoder-memory-padding", type=int, default=None, metavar="BYTES",
+                   help="--device gpu: the decoder's device and host memory padding (default DALI's)")
+    g.add_argument("--decoder-preallocate", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="--device gpu: preallocate decoder buffers for images of W x H")
     g.add_argument("--max-steps-per-epoch", type=int, default=None, metavar="N",
                    help="smoke runs: train only the first N batches of each epoch's shuffled order")
     g.add_argument("--max-val-steps", type=int, default=None, metavar="N",
@@ -149,6 +157,21 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         a.val_resize = int(round(a.crop / 0.875))
     need(a.val_resize >= a.crop, "--val-resize", f"must be >= --crop ({a.crop}), got {a.val_resize}")
     need(a.threads >= 1, "--threads", f"must be >= 1, got {a.threads}")
+    need(a.prefetch >= 1, "--prefetch", f"must be >= 1, got {a.prefetch}")
+    a.decoder_options = {}
+    if a.hw_decoder_load is not None:
+        need(0 <= a.hw_decoder_load <= 1, "--hw-decoder-load", f"must be in [0, 1], got {a.hw_decoder_load}")
+        a.decoder_options["hw_decoder_load"] = a.hw_decoder_load
+    if a.decoder_memory_padding is not None:
+        need(a.decoder_memory_padding >= 0, "--decoder-memory-padding", f"must be >= 0, got {a.decoder_memory_padding}")
+        a.decoder_options.update(device_memory_padding=a.decoder_memory_padding,
+                                 host_memory_padding=a.decoder_memory_padding)
+    if a.decoder_preallocate is not None:
+        need(min(a.decoder_preallocate) >= 1, "--decoder-preallocate", f"must be >= 1, got {a.decoder_preallocate}")
+        a.decoder_options.update(preallocate_width_hint=a.decoder_preallocate[0],
+                                 preallocate_height_hint=a.decoder_preallocate[1])
+    need(not a.decoder_options or a.device == "gpu", "--hw-decoder-load/--decoder-memory-padding/--decoder-preallocate",
+         "tune the GPU decoder; they need --device gpu")
     need(a.torch_threads is None or a.torch_threads >= 1, "--torch-threads", f"must be >= 1, got {a.torch_threads}")
     need(a.lr > 0, "--lr", f"must be > 0, got {a.lr}")
     need(0 <= a.min_lr <= a.lr, "--min-lr", f"must be in [0, --lr], got {a.min_lr}")
@@ -270,7 +293,8 @@ def _train_loader(a: argparse.Namespace, ctx: Any, mix: Any, resume: Any) -> tup
                               seed=a.seed, device_id=ctx.local_rank if a.device == "gpu" else None,
                               channels_last=a.channels_last, re_prob=a.re_prob, re_mode=a.re_mode,
                               re_count=a.re_count, classes=a.classes, first_epoch=first_epoch, checkpoint=checkpoint,
-                              max_batches_per_epoch=a.max_steps_per_epoch)
+                              max_batches_per_epoch=a.max_steps_per_epoch, prefetch_queue_depth=a.prefetch,
+                              decoder_options=a.decoder_options or None)
 
     if resume is None:
         return DaliLoader(build(0, None)), 0
@@ -286,7 +310,7 @@ def _val_loader(a: argparse.Namespace, ctx: Any) -> Any:
                                    shard_id=ctx.rank, num_shards=ctx.world_size,
                                    device_id=ctx.local_rank if a.device == "gpu" else None,
                                    channels_last=a.channels_last, classes=a.classes,
-                                   max_batches_per_epoch=a.max_val_steps))
+                                   max_batches_per_epoch=a.max_val_steps, prefetch_queue_depth=a.prefetch))
 
 
 def _jsonable(v: Any) -> Any:
@@ -447,7 +471,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{a.device}, {steps} steps/epoch of {a.batch_size} per rank; mixing: "
             f"{'in-loader ' + repr(mix) if mix else 'none in the loader'}"
             f"{f', manifold mixup alpha={a.manifold_mixup_alpha} at {mix_layers}' if manifold else ''}")
-        args_record = {k: _jsonable(v) for k, v in vars(a).items() if k not in ("classes", "mix")}
+        args_record = {k: _jsonable(v) for k, v in vars(a).items() if k not in ("classes", "mix", "decoder_options")}
         run_info = {"arch": a.arch, "num_classes": num_classes, "train_images": n_train, "val_images": n_val,
                     "steps_per_epoch": steps, "global_batch_size": a.batch_size * ctx.world_size,
                     "num_params": sum(p.numel() for p in net.parameters()), "args": args_record}
