@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Draw what the train loader feeds: a PNG grid of mixed samples, each captioned with its top-2 classes.
 
+Classes are named by their folders, or by their ImageNet category names ("beagle", not "n02088364") when
+the folders are the 1000 ImageNet WordNet IDs.
+
   python scripts/preview_mix.py --data DIR --out grid.png [--mode elem --mixup-alpha 0.8 --cutmix-alpha 1.0]
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--re-prob", type=float, default=0.0)
     p.add_argument("--re-mode", choices=("const", "rand", "pixel"), default="const")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--print-captions", action="store_true", help="also print each sample's caption")
     a = p.parse_args(argv)
     if not os.path.isdir(a.data):
         p.error(f"--data: folder {a.data!r} does not exist")
@@ -42,8 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> str:
     a = parse_args(argv)
+    from dalimix.class_names import readable_names
     from dalimix.dataset import scan_folder
     classes = scan_folder(a.data, verify=False).classes
+    names = readable_names(classes)
     try:
         cfg = MixConfig(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha,
                         cutmix_minmax=tuple(a.cutmix_minmax) if a.cutmix_minmax else None, prob=a.prob,
@@ -69,9 +75,11 @@ def main(argv=None) -> str:
     for i, ax in enumerate(np.atleast_1d(axes).ravel()[: a.count]):
         t = targets[i].numpy()
         top = np.argsort(-t)[:2]
-        caption = "\n".join(f"{classes[c][:18]} {t[c]:.2f}" for c in top if t[c] > 1e-3)
+        caption = "\n".join(f"{names[c][:18]} {t[c]:.2f}" for c in top if t[c] > 1e-3)
         ax.imshow(pixels[i])
         ax.set_title(caption, fontsize=8)
+        if a.print_captions:
+            print(f"sample {i}: " + ", ".join(f"{names[c]} {t[c]:.2f}" for c in top if t[c] > 1e-3))
     fig.suptitle(f"mode={a.mode} mixup_alpha={a.mixup_alpha} cutmix_alpha={a.cutmix_alpha} "
                  f"switch_prob={a.switch_prob}", fontsize=9)
     fig.tight_layout()
