@@ -8,16 +8,29 @@ Measures in one run, after warm-up, alternating contenders, median of repeats:
   mix_off_stock, mix_on_stock  the same built from stock DALI operators (no native plugin), for comparison
   torchvision   DataLoader recipe (RandomResizedCrop, flip, ToTensor, Normalize), workers = --threads
   torchvision_mix  the same plus mixup/CutMix on each batch in the loop, as timm does
-  model_step    (GPU only) the model's own training step rate on synthetic input
+  model_step    the model's own training step rate on synthetic input (GPU: always, --arch, default resnet50
+                with AMP; CPU: with --model-step, default resnet18, with the cores DALI leaves it)
 and a stage breakdown (read, decode+crop, augment = the fused resample + flip + normalise, mix, copy to torch;
-with stock operators: read, decode+crop, resize, augment, mix, copy).
+with stock operators: read, decode+crop, resize, augment, mix, copy). It also says which JPEG decoder runs
+(CPU libjpeg-turbo; on a GPU nvJPEG CUDA and whether the hardware decoder takes part), the GPU memory the
+pipeline holds after warm-up and after --memory-epochs epochs (GPU only), and ends with one sentence: is
+training input-bound or model-bound, and by how much.
 
   python scripts/profile_loader.py --data /tmp/imagenet-sample/train --device cpu --threads 2 \
       --batch-size 64 --seconds 10 --json out.json --plot out.png
+
+--tune searches for the fastest loader settings instead (dalimix.tuner): DALI threads, prefetch depth, batch
+size per rank and, on a GPU, the hardware decoder's share and nvJPEG's memory padding / preallocation, side by
+side within --seconds in all, and prints the best as a train_pipeline(...) call and dalimix-train flags, with
+the gain over the defaults (--threads, --batch-size, prefetch depth 2):
+
+  python scripts/profile_loader.py --tune --data /tmp/imagenet-sample/train --device cpu --threads 2 \
+      --batch-size 64 --seconds 120
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -30,9 +43,12 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dalimix import DaliLoader, MixConfig  # noqa: E402
+from dalimix import tuner  # noqa: E402
+from dalimix.class_names import is_imagenet_wnids, readable_names  # noqa: E402
 from dalimix.dataset import scan_folder  # noqa: E402
-from dalimix.profiling import (Contender, TorchBatchMix, dataloader_pids, model_step_rate,  # noqa: E402
-                               torchvision_loader)
+from dalimix.profiling import (Contender, ModelStep, TorchBatchMix, bound_by, dataloader_pids,  # noqa: E402
+                               decoder_path, model_step_rate, pipeline_gpu_memory, torch_threads,
+                               torchvision_loader, training_torch_threads)
 from pipelines.imagenet import train_pipeline  # noqa: E402
 from pipelines.profiling import stage_pipeline, stages  # noqa: E402
 from dalimix import native  # noqa: E402
@@ -51,7 +67,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="alternating rounds; the median is reported")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per contender")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float32")
-    p.add_argument("--arch", default="resnet50", help="model for the GPU step rate")
+    p.add_argument("--arch", default=None,
+                   help="model for the training step rate (default resnet50 on a GPU, resnet18 on the CPU)")
+    p.add_argument("--model-step", action="store_true",
+                   help="CPU: also measure the model's training step rate (always done on a GPU) and say whether "
+                        "training is input-bound or model-bound")
+    p.add_argument("--memory-epochs", type=int, default=1, metavar="N",
+                   help="GPU: report the GPU memory the pipeline holds after warm-up and after N epochs (0: skip)")
+    t = p.add_argument_group("tuning (--tune)")
+    t.add_argument("--tune", action="store_true",
+                   help="search for the fastest loader settings within --seconds in all (default 120)")
+    t.add_argument("--thread-counts", type=_int_list, default=None, metavar="N,N,...",
+                   help="DALI thread counts to try (default: powers of two up to the cores, and --threads)")
+    t.add_argument("--prefetch-depths", type=_int_list, default=None, metavar="N,N,...",
+                   help="prefetch queue depths to try (default 1,2,3,4)")
+    t.add_argument("--batch-sizes", type=_int_list, default=None, metavar="N,N,...",
+                   help="batch sizes per rank to try (default: half, equal to and double --batch-size)")
+    t.add_argument("--hw-decoder-loads", type=_float_list, default=None, metavar="F,F,...",
+                   help="GPU: shares of each batch for the hardware JPEG decoder to try (default 0,0.3,0.8,0.95 and "
+                        "DALI's 0.65)")
+    t.add_argument("--tune-with-model", action="store_true",
+                   help="feed every batch through the model's training step (--arch) while tuning, so the score is "
+                        "what training reaches (on the CPU, DALI and the model share the cores)")
     p.add_argument("--no-stages", action="store_true", help="skip the stage breakdown")
     p.add_argument("--no-torchvision", action="store_true", help="skip the torchvision baselines")
     p.add_argument("--no-stock", action="store_true",
@@ -70,7 +107,38 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--epochs must be > 0")
     if a.device == "gpu" and not torch.cuda.is_available():
         p.error("--device gpu: no CUDA GPU is visible")
+    if a.memory_epochs < 0:
+        p.error("--memory-epochs must be >= 0")
+    if a.tune and a.epochs is not None:
+        p.error("--epochs: --tune measures within --seconds in all; give --seconds")
+    if a.hw_decoder_loads is not None and any(not 0.0 <= v <= 1.0 for v in a.hw_decoder_loads):
+        p.error(f"--hw-decoder-loads: each share must lie in [0, 1], got {a.hw_decoder_loads}")
+    if a.arch is None:
+        a.arch = "resnet50" if a.device == "gpu" else "resnet18"
+    import torchvision
+    if a.arch not in torchvision.models.list_models(module=torchvision.models):
+        p.error(f"--arch: unknown torchvision model {a.arch!r}")
     return a
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
 
 
 def contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
@@ -154,9 +222,76 @@ def ratio(results, num, den):
         if num in results and den in results else None
 
 
+def describe_classes(classes: list[str]) -> str:
+    """The dataset's classes in a few words, by readable name ("beagle", not "n02088364") where they are ImageNet's."""
+    names = readable_names(classes)
+    kind = "ImageNet classes" if is_imagenet_wnids(classes) else "classes"
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{len(names)} {kind} ({shown})"
+
+
+def machine(a: argparse.Namespace) -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if a.device == "gpu" else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "dali": __import__("nvidia.dali").dali.__version__}
+
+
+def command(argv) -> str:
+    return " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+
+
+def tune_main(a: argparse.Namespace, argv, dataset) -> dict:
+    """--tune: search the loader settings on this data and device; print and return the report."""
+    seconds = a.seconds if a.seconds is not None else 120.0
+    fixed = {"crop": a.crop, "device": a.device} | ({"dtype": a.dtype} if a.dtype != "float32" else {})
+    # Each candidate lists the dataset again; it was verified once above, so the builds skip that.
+    factory = functools.partial(train_pipeline, a.data, seed=0, verify_files=False, **fixed)
+    knobs = tuner.search_space(a.device, batch_size=a.batch_size, num_threads=a.threads,
+                               thread_counts=a.thread_counts, prefetch_depths=a.prefetch_depths,
+                               batch_sizes=a.batch_sizes, hw_decoder_loads=a.hw_decoder_loads,
+                               max_image=tuner.max_image_size(dataset.files) if a.device == "gpu" else None)
+    step = setup = None
+    consumer = "loader only"
+    if a.tune_with_model:
+        step = ModelStep(a.arch, device=a.device, num_classes=max(1000, dataset.num_classes))
+        consumer = f"loader + {a.arch} training step"
+        if a.device == "cpu":
+            def setup(settings):  # the cores a CPU training run leaves the model beside these DALI threads
+                torch.set_num_threads(training_torch_threads(settings["num_threads"]))
+    print(f"tuning the train loader on {len(dataset)} images, {describe_classes(dataset.classes)}, device "
+          f"{a.device}, crop {a.crop}, within {seconds:g}s ({consumer})")
+    with torch_threads(None):  # whatever the setups change is put back afterwards
+        result = tuner.tune(factory, knobs, seconds=seconds, repeats=a.repeats, step=step, setup=setup,
+                            consumer=consumer)
+    text = tuner.format_report(result, a.data, fixed)
+    print("\n" + text)
+    flags, _ = tuner.train_flags(result.best)
+    report = {"command": command(argv), "machine": machine(a),
+              "settings": {k: v for k, v in vars(a).items() if k not in ("json", "plot")},
+              "images": len(dataset), "tune": result.to_dict(),
+              "pipeline_call": tuner.pipeline_call(a.data, result.best, fixed), "train_flags": flags,
+              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    if a.plot:
+        tuner.plot_tuning(result, a.plot)
+    return report
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
     dataset = scan_folder(a.data)
+    if a.tune:
+        return tune_main(a, argv, dataset)
+    mix = MixConfig(num_classes=dataset.num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
+    memory = None
+    if a.device == "gpu" and a.memory_epochs > 0:
+        # First, before any other pipeline fills DALI's memory pool: what the mix_on loader holds.
+        memory = pipeline_gpu_memory(lambda: DaliLoader(train_pipeline(
+            a.data, batch_size=a.batch_size, crop=a.crop, device="gpu", num_threads=a.threads, seed=0, mix=mix,
+            dtype=a.dtype)), epochs=a.memory_epochs)
     group = contenders(a, dataset.num_classes)
     measure(group, a, len(dataset), "loaders")
     results = {c.name: c.median() for c in group}
@@ -173,9 +308,13 @@ def main(argv=None) -> dict:
                   "images_per_sec": {k: round(rates[k], 1) for k in order}}
         costs = {k: ms[k] - (ms[order[i - 1]] if i else 0.0) for i, k in enumerate(order)}
         stages["ms_per_image"] = {k: round(v, 4) for k, v in costs.items()}
-    if a.device == "gpu":
-        results["model_step"] = {"images_per_sec": model_step_rate(a.arch, batch_size=a.batch_size, crop=a.crop),
-                                 "cpu_cores": None, "rss_mb": None, "runs": []}
+    if a.device == "gpu" or a.model_step:
+        cpu = a.device == "cpu"  # a few steps: ResNet-18 at 224 px takes seconds per step on a few cores
+        rate = model_step_rate(a.arch, batch_size=a.batch_size, crop=a.crop, device=a.device,
+                               steps=3 if cpu else 20, warmup=1 if cpu else 5,
+                               threads=training_torch_threads(a.threads) if cpu else None)
+        results["model_step"] = {"images_per_sec": rate, "cpu_cores": None, "rss_mb": None, "runs": [],
+                                 "arch": a.arch}
     ratios = {
         "mix_on_vs_torchvision": ratio(results, "mix_on", "torchvision"),
         "mix_off_vs_torchvision": ratio(results, "mix_off", "torchvision"),
@@ -190,14 +329,16 @@ def main(argv=None) -> dict:
         "mix_on_stock_vs_mix_off_stock": ratio(results, "mix_on_stock", "mix_off_stock"),
     }
     ratios = {k: v for k, v in ratios.items() if v is not None}
+    verdict = None
+    if "model_step" in results:
+        verdict = bound_by(results["mix_on"]["images_per_sec"], results["model_step"]["images_per_sec"],
+                           arch=a.arch, device=a.device)
     report = {
-        "command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "gpu": torch.cuda.get_device_name(0) if a.device == "gpu" else None,
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "dali": __import__("nvidia.dali").dali.__version__},
+        "command": command(argv), "machine": machine(a),
         "settings": {k: v for k, v in vars(a).items() if k not in ("json", "plot")},
-        "images": len(dataset), "results": results, "ratios": ratios, "stages": stages,
+        "images": len(dataset), "classes": describe_classes(dataset.classes),
+        "decoder": decoder_path(a.device, sample=dataset.files[0] if len(dataset) else None),
+        "gpu_memory": memory, "results": results, "ratios": ratios, "stages": stages, "verdict": verdict,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print_report(report)
@@ -210,8 +351,16 @@ def main(argv=None) -> dict:
 
 
 def print_report(r: dict) -> None:
-    print(f"\n{r['images']} images, device {r['settings']['device']}, batch {r['settings']['batch_size']}, "
-          f"crop {r['settings']['crop']}, threads {r['settings']['threads']}")
+    print(f"\n{r['images']} images, {r['classes']}, device {r['settings']['device']}, batch "
+          f"{r['settings']['batch_size']}, crop {r['settings']['crop']}, threads {r['settings']['threads']}")
+    print(f"decoder: {r['decoder']}")
+    mem = r["gpu_memory"]
+    if mem is not None:
+        print(f"GPU memory held by the pipeline (mix_on): {mem['after_warmup_mib']:.0f} MiB after "
+              f"{mem['warmup_batches']} batches, {mem['after_epochs_mib']:.0f} MiB after {mem['epochs']} epoch(s) "
+              f"({mem['growth_mib']:+.0f} MiB)")
+    elif r["settings"]["device"] == "cpu":
+        print("GPU memory: n/a (device cpu)")
     tv = r["results"].get("torchvision", {}).get("images_per_sec")
     dec = r["results"]["decode_only"]["images_per_sec"]
     print(f"{'loader':<18}{'img/s':>9}{'vs torchvision':>16}{'vs decode-only':>16}{'CPU cores':>11}{'RSS MiB':>9}")
@@ -228,6 +377,8 @@ def print_report(r: dict) -> None:
     print("\nratios:")
     for k, v in r["ratios"].items():
         print(f"  {k:<32}{v:>7.3f}")
+    if r["verdict"]:
+        print("\n" + r["verdict"])
 
 
 def plot(r: dict, path: str) -> None:
