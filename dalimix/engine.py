@@ -923,12 +923,16 @@ def _tune_command(loader: Any, ctx: DistContext) -> str:
     else:
         parts.append("--data <train folder>")
     parts.append(f"--device {'gpu' if ctx.device.type == 'cuda' else 'cpu'}")
-    threads = getattr(getattr(loader, "pipeline", None), "num_threads", None)
+    pipeline = getattr(loader, "pipeline", None)
+    threads = getattr(pipeline, "num_threads", None)
     if isinstance(threads, int):
         parts.append(f"--threads {threads}")
     batch = getattr(loader, "batch_size", None)
     if isinstance(batch, int):
         parts.append(f"--batch-size {batch}")
+    depth = getattr(pipeline, "prefetch_queue_depth", None)
+    if isinstance(depth, int) and depth != 2:
+        parts.append(f"--prefetch {depth}")
     return " ".join(parts)
 
 

@@ -13,12 +13,13 @@ The whole search stays within its budget (`seconds`): the time left is shared ou
 to measure, loaders of settings that lost are closed at once, and a knob that no longer fits is skipped and
 said so. The defaults and the best so far stay built, so the final comparison costs no rebuild.
 
-The tuner takes a pipeline factory, `factory(**settings) -> PipelineSpec` (e.g.
+The tuner takes a pipeline factory, `factory(**kwargs) -> PipelineSpec` (e.g.
 `functools.partial(train_pipeline, data_dir, crop=224, device="cpu")`), and never imports `pipelines`
-(docs/DESIGN.md). A knob whose keywords the factory does not take is skipped with that reason, so the GPU
-decoder knobs join the search as soon as the factory takes them. With a `step` (e.g.
-`dalimix.profiling.ModelStep`) every batch also goes through a model's training step, so the score is what
-training would reach, contention for CPU cores between DALI and the model included.
+(docs/DESIGN.md). Settings are flat (`num_threads`, `prefetch_queue_depth`, `batch_size`, `hw_decoder_load`,
+`device_memory_padding`, ...); the GPU decoder's reach the factory as one `decoder_options` dict, as
+`train_pipeline` takes them (`factory_kwargs`). A knob the factory cannot take is skipped with that reason.
+With a `step` (e.g. `dalimix.profiling.ModelStep`) every batch also goes through a model's training step, so
+the score is what training would reach, contention for CPU cores between DALI and the model included.
 """
 from __future__ import annotations
 
@@ -32,19 +33,21 @@ import numpy as np
 
 from dalimix.profiling import Contender, cpu_cores
 
-__all__ = ["Knob", "TuneResult", "search_space", "accepts", "tune", "pipeline_call", "train_flags",
-           "format_report", "plot_tuning", "max_image_size", "TRAIN_FLAGS", "DALI_HW_DECODER_LOAD"]
+__all__ = ["Knob", "TuneResult", "search_space", "accepts", "factory_kwargs", "tune", "pipeline_call",
+           "train_flags", "format_report", "plot_tuning", "max_image_size", "TRAIN_FLAGS", "DECODER_OPTIONS",
+           "DALI_HW_DECODER_LOAD"]
 
 DALI_HW_DECODER_LOAD = 0.65  # fn.decoders.image_random_crop's default share for the hardware JPEG decoder
-# nvJPEG buffer padding that DALI's ResNet-50 example uses on ImageNet: no reallocation for any ImageNet JPEG.
-IMAGENET_DEVICE_PADDING = 211_025_920
-IMAGENET_HOST_PADDING = 140_544_512
-# `dalimix-train` flags of the settings the tuner prints; a setting without a flag is printed as a
-# `train_pipeline` argument only (add its flag here when `dalimix-train` gains one).
-TRAIN_FLAGS = {"num_threads": "--threads", "batch_size": "--batch-size"}
+DALI_MEMORY_PADDING = 16 * 2 ** 20  # ... and its default nvJPEG device memory padding (host: 8 MiB)
+# Settings that go to the GPU decoder: the factory takes them in one `decoder_options` dict.
+DECODER_OPTIONS = ("hw_decoder_load", "device_memory_padding", "host_memory_padding", "preallocate_width_hint",
+                   "preallocate_height_hint")
+# `dalimix-train` flags of single settings; the decoder's padding and preallocation are pairs (`train_flags`).
+TRAIN_FLAGS = {"num_threads": "--threads", "batch_size": "--batch-size", "prefetch_queue_depth": "--prefetch",
+               "hw_decoder_load": "--hw-decoder-load"}
 # The order settings are printed in.
-_ORDER = ("batch_size", "crop", "device", "dtype", "num_threads", "prefetch_queue_depth", "hw_decoder_load", "device_memory_padding",
-          "host_memory_padding", "preallocate_width_hint", "preallocate_height_hint")
+_ORDER = ("batch_size", "crop", "device", "dtype", "num_threads", "prefetch_queue_depth", "decoder_options",
+          *DECODER_OPTIONS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,11 +129,15 @@ def search_space(device: str, *, batch_size: int, num_threads: int, prefetch_que
         labels = [f"{DALI_HW_DECODER_LOAD} (DALI default)"] + [f"{v:g}" for v in loads]
         knobs.append(Knob("hw_decoder_load", tuple(cands), {}, tuple(labels)))
         width, height = max_image or (5980, 6430)  # DALI's ResNet-50 example's hints for ImageNet
-        padded = {"device_memory_padding": IMAGENET_DEVICE_PADDING, "host_memory_padding": IMAGENET_HOST_PADDING,
+        # Padding that holds the largest image decoded (RGB), so nvJPEG never reallocates; one value for
+        # device and host, as `dalimix-train --decoder-memory-padding` sets both.
+        mib = 2 ** 20
+        padding = max(DALI_MEMORY_PADDING, -(-int(width) * int(height) * 3 // mib) * mib)
+        padded = {"device_memory_padding": padding, "host_memory_padding": padding,
                   "preallocate_width_hint": int(width), "preallocate_height_hint": int(height)}
         knobs.append(Knob("decoder_memory", ({}, padded), {},
                           ("DALI defaults (16 MiB device, 8 MiB host padding, no preallocation)",
-                           f"padded 201 MiB device / 134 MiB host, preallocated for {width}x{height}")))
+                           f"padded {padding // mib} MiB, preallocated for {width}x{height}")))
     return knobs
 
 
@@ -152,8 +159,21 @@ def max_image_size(files: Sequence[str], limit: int = 1000) -> Optional[tuple[in
     return (width, height) if width and height else None
 
 
+def factory_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings as the factory's keyword arguments: the decoder's (`DECODER_OPTIONS`) folded into one
+    `decoder_options` dict, the others as they are."""
+    out = {k: v for k, v in settings.items() if k not in DECODER_OPTIONS}
+    decoder = {k: settings[k] for k in DECODER_OPTIONS if k in settings}
+    if decoder:
+        out["decoder_options"] = decoder
+    return out
+
+
 def accepts(factory: Callable[..., Any], keyword: str) -> bool:
-    """Whether `factory` takes `keyword` as a keyword argument (or takes **kwargs)."""
+    """Whether `factory` takes setting `keyword` as a keyword argument (or takes **kwargs); the decoder's
+    settings need a `decoder_options` argument."""
+    if keyword in DECODER_OPTIONS:
+        keyword = "decoder_options"
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -239,7 +259,7 @@ class _Search:
             settings = dict(settings)
 
             def make() -> Iterable:
-                loader = self.make_loader(self.factory(**settings))
+                loader = self.make_loader(self.factory(**factory_kwargs(settings)))
                 if hasattr(loader, "__len__") and len(loader) == 0:
                     raise _Unfit(f"no full batch of {settings.get('batch_size')} images per epoch in this data")
                 return loader
@@ -291,7 +311,8 @@ def tune(factory: Callable[..., Any], knobs: Sequence[Knob], *, seconds: float =
                         budget=seconds, consumer=consumer)
     usable = []
     for knob in knobs:
-        missing = sorted(k for k in knob.keywords if not accepts(factory, k))
+        missing = sorted({"decoder_options" if k in DECODER_OPTIONS else k for k in knob.keywords
+                          if not accepts(factory, k)})
         if missing:
             result.skipped[knob.name] = f"the pipeline factory takes no {', '.join(missing)} argument"
         else:
@@ -406,7 +427,7 @@ def tune(factory: Callable[..., Any], knobs: Sequence[Knob], *, seconds: float =
 def pipeline_call(data_dir: str, settings: Mapping[str, Any], fixed: Mapping[str, Any] = (),
                   name: str = "train_pipeline") -> str:
     """`settings` (and `fixed`, e.g. crop and device) as a call of the pipeline builder, ready to paste."""
-    merged = {**dict(fixed), **dict(settings)}
+    merged = factory_kwargs({**dict(fixed), **dict(settings)})
     args = [repr(str(data_dir))] + [f"{k}={merged[k]!r}" for k in _ordered(merged)]
     return f"{name}({', '.join(args)})"
 
@@ -414,11 +435,23 @@ def pipeline_call(data_dir: str, settings: Mapping[str, Any], fixed: Mapping[str
 def train_flags(settings: Mapping[str, Any]) -> tuple[str, list[str]]:
     """(`dalimix-train` flags for `settings`, the settings that have no flag)."""
     flags, unflagged = [], []
-    for k in _ordered(settings):
+    rest = dict(settings)
+    dev, host = rest.pop("device_memory_padding", None), rest.pop("host_memory_padding", None)
+    width, height = rest.pop("preallocate_width_hint", None), rest.pop("preallocate_height_hint", None)
+    for k in _ordered(rest):
         if k in TRAIN_FLAGS:
-            flags.append(f"{TRAIN_FLAGS[k]} {settings[k]}")
+            flags.append(f"{TRAIN_FLAGS[k]} {rest[k]}")
         else:
-            unflagged.append(f"{k}={settings[k]!r}")
+            unflagged.append(f"{k}={rest[k]!r}")
+    if dev is not None or host is not None:
+        if dev == host:
+            flags.append(f"--decoder-memory-padding {dev}")
+        else:  # the flag sets both to one value
+            unflagged += [f"device_memory_padding={dev!r}", f"host_memory_padding={host!r}"]
+    if width is not None and height is not None:
+        flags.append(f"--decoder-preallocate {width} {height}")
+    elif width is not None or height is not None:
+        unflagged += [f"preallocate_width_hint={width!r}", f"preallocate_height_hint={height!r}"]
     return " ".join(flags), unflagged
 
 
@@ -444,7 +477,7 @@ def format_report(result: TuneResult, data_dir: str, fixed: Mapping[str, Any] = 
     flags, _ = train_flags(result.best)
     _, todo = train_flags(result.changed)  # settings to change that dalimix-train cannot be told
     lines.append(f"dalimix-train {flags}" + (f"  # and {', '.join(todo)} in train_pipeline: dalimix-train has no "
-                                            f"flag for it" if todo else ""))
+                                            f"flag for that" if todo else ""))
     old, new = result.defaults.get("batch_size"), result.best.get("batch_size")
     if old and new and old != new:
         lines.append(f"note: batch size {old} -> {new} per rank changes the optimisation, not only the speed: scale "

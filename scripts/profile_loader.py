@@ -22,7 +22,7 @@ training input-bound or model-bound, and by how much.
 --tune searches for the fastest loader settings instead (dalimix.tuner): DALI threads, prefetch depth, batch
 size per rank and, on a GPU, the hardware decoder's share and nvJPEG's memory padding / preallocation, side by
 side within --seconds in all, and prints the best as a train_pipeline(...) call and dalimix-train flags, with
-the gain over the defaults (--threads, --batch-size, prefetch depth 2):
+the gain over the defaults (--threads, --batch-size, --prefetch):
 
   python scripts/profile_loader.py --tune --data /tmp/imagenet-sample/train --device cpu --threads 2 \
       --batch-size 64 --seconds 120
@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = p.add_argument_group("tuning (--tune)")
     t.add_argument("--tune", action="store_true",
                    help="search for the fastest loader settings within --seconds in all (default 120)")
+    t.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="the prefetch depth the search starts from, as --threads and --batch-size are the threads and "
+                        "batch size (your dalimix-train --prefetch; default 2)")
     t.add_argument("--thread-counts", type=_int_list, default=None, metavar="N,N,...",
                    help="DALI thread counts to try (default: powers of two up to the cores, and --threads)")
     t.add_argument("--prefetch-depths", type=_int_list, default=None, metavar="N,N,...",
@@ -96,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a bar chart PNG here")
     a = p.parse_args(argv)
-    for name in ("batch_size", "crop", "threads", "repeats"):
+    for name in ("batch_size", "crop", "threads", "repeats", "prefetch"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not os.path.isdir(a.data):
@@ -248,7 +251,7 @@ def tune_main(a: argparse.Namespace, argv, dataset) -> dict:
     # Each candidate lists the dataset again; it was verified once above, so the builds skip that.
     factory = functools.partial(train_pipeline, a.data, seed=0, verify_files=False, **fixed)
     knobs = tuner.search_space(a.device, batch_size=a.batch_size, num_threads=a.threads,
-                               thread_counts=a.thread_counts, prefetch_depths=a.prefetch_depths,
+                               prefetch_queue_depth=a.prefetch, thread_counts=a.thread_counts, prefetch_depths=a.prefetch_depths,
                                batch_sizes=a.batch_sizes, hw_decoder_loads=a.hw_decoder_loads,
                                max_image=tuner.max_image_size(dataset.files) if a.device == "gpu" else None)
     step = setup = None

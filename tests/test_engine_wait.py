@@ -145,6 +145,7 @@ def test_fit_makes_the_tuning_command_from_a_loader_that_tells_its_settings(tmp_
 
         class pipeline:  # noqa: N801
             num_threads = 3
+            prefetch_queue_depth = 4
 
     model = SlowStep(0.0)
     lines: list[str] = []
@@ -153,7 +154,8 @@ def test_fit_makes_the_tuning_command_from_a_loader_that_tells_its_settings(tmp_
                cfg=cfg, log=lines.append)
     advice = [line for line in lines if "dalimix-profile --tune" in line]
     assert len(advice) == 1
-    assert f"--data {tmp_path / 'data' / 'train'} --device cpu --threads 3 --batch-size {BATCH}" in advice[0]
+    assert f"--data {tmp_path / 'data' / 'train'} --device cpu --threads 3 --batch-size {BATCH} --prefetch 4" \
+        in advice[0]
 
 
 def test_curves_have_an_input_wait_panel(tmp_path: Path):

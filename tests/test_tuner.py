@@ -81,11 +81,39 @@ def test_knobs_the_factory_does_not_take_are_skipped_and_said():
     res = tuner.tune(fake_factory, knobs, seconds=2.0, repeats=1, make_loader=FakeLoader, progress=False,
                      log=lambda _: None)
     assert set(res.skipped) == {"hw_decoder_load", "decoder_memory"}
-    assert "hw_decoder_load" in res.skipped["hw_decoder_load"]
-    assert "device_memory_padding" in res.skipped["decoder_memory"]
+    assert all("takes no decoder_options argument" in why for why in res.skipped.values())
     assert res.best["num_threads"] == 4
     text = tuner.format_report(res, "/data/train", {"crop": 224, "device": "gpu"})
     assert "hw_decoder_load" in text and "not searched" in text
+
+
+def test_gpu_decoder_settings_reach_the_factory_as_decoder_options():
+    seen = []
+
+    def factory(*, batch_size: int, num_threads: int, prefetch_queue_depth: int = 2, decoder_options=None):
+        seen.append(decoder_options)
+        return {"batch_size": batch_size, "num_threads": num_threads, "prefetch_queue_depth": prefetch_queue_depth,
+                "decoder_options": decoder_options or {}}
+
+    class DecoderLoader(FakeLoader):
+        def __init__(self, settings):  # the hardware decoder's share 0.8 is the fast one here
+            super().__init__(settings)
+            self.sleep *= 0.4 if settings["decoder_options"].get("hw_decoder_load") == 0.8 else 1.0
+
+    knobs = tuner.search_space("gpu", batch_size=8, num_threads=2, thread_counts=(2,), prefetch_depths=(2,),
+                               batch_sizes=(8,), hw_decoder_loads=(0.0, 0.8), max_image=(1000, 800))
+    res = tuner.tune(factory, knobs, seconds=6.0, repeats=2, make_loader=DecoderLoader, progress=False,
+                     log=lambda _: None)
+    assert not res.skipped
+    assert None in seen and {"hw_decoder_load": 0.8} in seen and {"hw_decoder_load": 0.0} in seen
+    padded = {"hw_decoder_load": 0.8, "device_memory_padding": 16 * 2 ** 20, "host_memory_padding": 16 * 2 ** 20,
+              "preallocate_width_hint": 1000, "preallocate_height_hint": 800}
+    assert padded in seen  # the decoder-memory stage runs on top of the best share so far
+    assert res.best["hw_decoder_load"] == 0.8 and res.gain > 1.5
+    call = tuner.pipeline_call("/d", res.best, {"device": "gpu"})
+    assert "decoder_options={'hw_decoder_load': 0.8" in call
+    flags, _ = tuner.train_flags(res.best)
+    assert "--hw-decoder-load 0.8" in flags
 
 
 def test_the_current_settings_must_run():
@@ -111,7 +139,8 @@ def test_search_space():
     assert [c.get("hw_decoder_load") for c in hw.candidates] == [None, 0.0, 0.3, 0.8, 0.95]
     padded = gpu[4].candidates[1]
     assert padded["preallocate_width_hint"] == 4000 and padded["preallocate_height_hint"] == 3000
-    assert padded["device_memory_padding"] > 0 and padded["host_memory_padding"] > 0
+    # Room for the largest image decoded (RGB), in whole MiB, on device and host alike.
+    assert padded["device_memory_padding"] == padded["host_memory_padding"] == 35 * 2 ** 20
     with pytest.raises(ValueError, match="batch_size"):
         tuner.search_space("cpu", batch_size=0, num_threads=2)
     with pytest.raises(ValueError, match="device"):
@@ -126,8 +155,20 @@ def test_printing_the_settings():
     assert call == "train_pipeline('/d/train', batch_size=64, crop=224, device='cpu', num_threads=2, " \
                    "prefetch_queue_depth=3)"
     flags, unflagged = tuner.train_flags({"num_threads": 2, "batch_size": 64, "prefetch_queue_depth": 3})
-    assert flags == "--batch-size 64 --threads 2" and unflagged == ["prefetch_queue_depth=3"]
+    assert flags == "--batch-size 64 --threads 2 --prefetch 3" and unflagged == []
+    gpu = {"batch_size": 64, "hw_decoder_load": 0.8, "device_memory_padding": 2 ** 24,
+           "host_memory_padding": 2 ** 24, "preallocate_width_hint": 640, "preallocate_height_hint": 480}
+    assert tuner.pipeline_call("/d", gpu, {"device": "gpu"}) == (
+        "train_pipeline('/d', batch_size=64, device='gpu', decoder_options={'hw_decoder_load': 0.8, "
+        "'device_memory_padding': 16777216, 'host_memory_padding': 16777216, 'preallocate_width_hint': 640, "
+        "'preallocate_height_hint': 480})")
+    flags, unflagged = tuner.train_flags(gpu)
+    assert flags == ("--batch-size 64 --hw-decoder-load 0.8 --decoder-memory-padding 16777216 "
+                     "--decoder-preallocate 640 480") and unflagged == []
+    _, unflagged = tuner.train_flags({"device_memory_padding": 1, "host_memory_padding": 2})
+    assert unflagged == ["device_memory_padding=1", "host_memory_padding=2"]  # one flag sets both
     assert tuner.accepts(fake_factory, "num_threads") and not tuner.accepts(fake_factory, "hw_decoder_load")
+    assert tuner.accepts(lambda *, decoder_options=None: None, "preallocate_width_hint")
     assert tuner.accepts(lambda **kw: kw, "anything")
 
 
@@ -193,6 +234,7 @@ def test_tune_end_to_end_prints_runnable_settings(tiny, tmp_path):
     flags = flag_line[0].split("#")[0].split()[1:]
     args = _train_parser().parse_args(["--data", str(tiny), *flags])
     assert args.threads == best["num_threads"] and args.batch_size == best["batch_size"]
+    assert args.prefetch == best["prefetch_queue_depth"]
     assert re.search(r"gain \d+\.\d\dx", proc.stdout)
     from PIL import Image
     assert Image.open(out_png).size[0] > 300
