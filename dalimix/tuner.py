@@ -199,6 +199,10 @@ class TuneResult:
     budget: float = 0.0
     consumer: str = "loader only"
     final_runs: dict[str, list[float]] = field(default_factory=dict)
+    # The search's pick when the final rounds did not confirm it (it beat the defaults by no more than the
+    # margin side by side; `best` is then the defaults), with its rate there.
+    unconfirmed: dict[str, Any] = field(default_factory=dict)
+    unconfirmed_rate: Optional[float] = None
 
     @property
     def gain(self) -> float:
@@ -217,6 +221,8 @@ class TuneResult:
                 "best_images_per_sec": round(self.best_rate, 1), "gain": round(self.gain, 3),
                 "side_by_side": self.side_by_side, "changed": self.changed, "chosen": self.chosen,
                 "skipped": self.skipped, "trials": self.trials, "final_runs": self.final_runs,
+                "unconfirmed": self.unconfirmed,
+                "unconfirmed_images_per_sec": None if self.unconfirmed_rate is None else round(self.unconfirmed_rate, 1),
                 "seconds": round(self.seconds, 1), "budget": self.budget, "consumer": self.consumer}
 
 
@@ -415,6 +421,14 @@ def tune(factory: Callable[..., Any], knobs: Sequence[Knob], *, seconds: float =
         result.default_rate = float(np.median(runs["defaults"]))
         result.best_rate = float(np.median(runs["best"]))
         result.side_by_side = True
+        if result.best_rate <= result.default_rate * (1.0 + margin):
+            # The stages' winners do not beat the defaults side by side: advise no change.
+            result.unconfirmed, result.unconfirmed_rate = dict(best), result.best_rate
+            result.best, result.best_rate = dict(defaults), result.default_rate
+            for knob in stages:
+                result.chosen[knob.name] = knob.label(next((dict(c) for c in knob.candidates
+                                                            if all(defaults.get(k) == v for k, v in c.items())),
+                                                           dict(knob.default)))
     else:  # the defaults won every stage: their rate is the first stage's
         result.default_rate = result.best_rate = float(default_rate)
         bar.update(2 * repeats)
@@ -466,10 +480,16 @@ def format_report(result: TuneResult, data_dir: str, fixed: Mapping[str, Any] = 
         lines.append(f"  {knob:<22}" + "; ".join(cells) + f"  -> {result.chosen.get(knob, '?')}")
     for knob, why in result.skipped.items():
         lines.append(f"  {knob:<22}not searched: {why}")
-    how = "measured side by side in the final rounds" if result.side_by_side else "the defaults won every stage"
+    how = "the defaults won every stage" if not result.side_by_side else \
+        "measured side by side in the final rounds" + (", not confirmed" if result.unconfirmed else "")
     lines.append(f"defaults: {result.default_rate:.1f} img/s; best: {result.best_rate:.1f} img/s; gain "
                  f"{result.gain:.2f}x ({how})")
-    if not result.changed:
+    if result.unconfirmed:
+        picked = {k: v for k, v in result.unconfirmed.items() if result.defaults.get(k) != v}
+        lines.append(f"the search's pick ({', '.join(f'{k}={v!r}' for k, v in picked.items())}) measured "
+                     f"{result.unconfirmed_rate:.1f} img/s side by side with the defaults' {result.default_rate:.1f}: "
+                     f"no more than the noise; keep the defaults:")
+    elif not result.changed:
         lines.append("the defaults are the fastest settings measured; keep them:")
     else:
         lines.append("best settings (changed: " + ", ".join(f"{k}={v!r}" for k, v in result.changed.items()) + "):")

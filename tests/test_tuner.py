@@ -75,6 +75,30 @@ def test_the_search_finds_the_fastest_settings_within_its_budget():
     json.dumps(res.to_dict())  # plain data
 
 
+def test_a_pick_the_final_rounds_do_not_confirm_is_not_advised():
+    said: list[str] = []
+
+    class Fickle(FakeLoader):
+        """4 threads are fast only until the first stage has been decided, then no faster than 2."""
+
+        def __iter__(self):
+            fast = self.settings["num_threads"] == 4 and not said
+            for _ in range(4):
+                time.sleep(self.sleep if fast else 0.012)  # 0.012: the sleep of 2 threads
+                yield torch.zeros(self.settings["batch_size"], 1), torch.zeros(self.settings["batch_size"])
+
+    knobs = tuner.search_space("cpu", batch_size=8, num_threads=2, thread_counts=(2, 4), prefetch_depths=(2,),
+                               batch_sizes=(8,))
+    res = tuner.tune(fake_factory, knobs, seconds=4.0, repeats=2, margin=0.2, make_loader=Fickle, progress=False,
+                     log=said.append)
+    assert res.unconfirmed == {"num_threads": 4, "prefetch_queue_depth": 2, "batch_size": 8}
+    assert res.best == res.defaults and res.changed == {} and res.gain == 1.0
+    assert res.chosen["num_threads"] == "2"
+    text = tuner.format_report(res, "/d", {"device": "cpu"})
+    assert "keep the defaults" in text and "num_threads=4" in text
+    assert "train_pipeline('/d', batch_size=8, device='cpu', num_threads=2, prefetch_queue_depth=2)" in text
+
+
 def test_knobs_the_factory_does_not_take_are_skipped_and_said():
     knobs = tuner.search_space("gpu", batch_size=8, num_threads=2, thread_counts=(2, 4), prefetch_depths=(2,),
                                batch_sizes=(8,), max_image=(640, 480))
