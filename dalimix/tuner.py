@@ -346,7 +346,6 @@ def tune(factory: Callable[..., Any], knobs: Sequence[Knob], *, seconds: float =
         weight = len(knob.candidates)
         units = sum(len(k.candidates) for k in stages[i:]) + 2  # + the final defaults-vs-best round
         share = max(0.0, deadline - now) * weight / units
-        # Builds are the floor of a stage's cost; skip the knob when even they no longer fit what is left.
         current = {k: best[k] for k in knob.keywords if k in best}
         cands = [dict(c) for c in knob.candidates]
         current_cand = next((c for c in cands if c == current), dict(knob.default))
@@ -359,28 +358,41 @@ def tune(factory: Callable[..., Any], knobs: Sequence[Knob], *, seconds: float =
             continue
         stage_t0 = time.perf_counter()
         runnable: list[tuple[dict, dict]] = []  # (candidate, settings)
+
+        def drop(cand: dict, settings: dict, exc: Exception, slices_left: int) -> None:
+            """Record a candidate that failed and close its loader; the current settings must run."""
+            if cand == current_cand:
+                raise RuntimeError(f"the current settings {settings} do not run: {exc}") from exc
+            failed = search.alive.pop(_key(settings), None)
+            if failed is not None:
+                failed.close()
+            # A setting the data or the builder refuses (ValueError) is not applicable; others failed.
+            note = f"not applicable: {exc}" if isinstance(exc, (_Unfit, ValueError)) else \
+                f"failed: {type(exc).__name__}: {exc}"
+            result.trials.append({"knob": knob.name, "label": knob.label(cand), "settings": settings,
+                                  "images_per_sec": None, "runs": [], "note": note})
+            bar.update(slices_left)
+
         for cand in cands:
             settings = _merge(best, knob, cand)
             try:
                 search.warm(settings)
                 runnable.append((cand, settings))
             except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the search
-                if cand == current_cand:
-                    raise RuntimeError(f"the current settings {settings} do not run: {exc}") from exc
-                search.close_except([best, defaults])
-                # A setting the data or the builder refuses (ValueError) is not applicable; others failed.
-                note = f"not applicable: {exc}" if isinstance(exc, (_Unfit, ValueError)) else \
-                    f"failed: {type(exc).__name__}: {exc}"
-                result.trials.append({"knob": knob.name, "label": knob.label(cand), "settings": settings,
-                                      "images_per_sec": None, "runs": [], "note": note})
-                bar.update(repeats)
+                drop(cand, settings, exc, repeats)
         first = {id(search.contender(s)): len(search.contender(s).samples) for _, s in runnable}
         slices = repeats * len(runnable)
         for r in range(repeats):
             order = runnable if r % 2 == 0 else runnable[::-1]  # alternate so drift hits everyone alike
-            for cand, settings in order:
+            for cand, settings in list(order):
                 left = share - (time.perf_counter() - stage_t0)
-                search.contender(settings).run(seconds=max(0.0, left / max(1, slices)), skip=_depth(settings))
+                try:
+                    search.contender(settings).run(seconds=max(0.0, left / max(1, slices)), skip=_depth(settings))
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a larger batch
+                    runnable.remove((cand, settings))
+                    drop(cand, settings, exc, repeats - r)
+                    slices -= repeats - r
+                    continue
                 slices -= 1
                 bar.update()
         rates = []

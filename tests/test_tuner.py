@@ -99,6 +99,27 @@ def test_a_pick_the_final_rounds_do_not_confirm_is_not_advised():
     assert "train_pipeline('/d', batch_size=8, device='cpu', num_threads=2, prefetch_queue_depth=2)" in text
 
 
+def test_a_candidate_failing_while_measured_is_reported_and_passed_over():
+    class Breaks(FakeLoader):
+        """4 threads fail in their second epoch (after the warm-up), as a GPU out of memory would."""
+        epochs = 0
+
+        def __iter__(self):
+            self.epochs += 1
+            if self.settings["num_threads"] == 4 and self.epochs > 1:
+                raise RuntimeError("CUDA out of memory")
+            return super().__iter__()
+
+    knobs = tuner.search_space("cpu", batch_size=8, num_threads=2, thread_counts=(1, 2, 4), prefetch_depths=(2,),
+                               batch_sizes=(8,))
+    res = tuner.tune(fake_factory, knobs, seconds=3.0, repeats=2, make_loader=Breaks, progress=False,
+                     log=lambda _: None)
+    broken = [t for t in res.trials if t["label"] == "4"]
+    assert len(broken) == 1 and broken[0]["note"] == "failed: RuntimeError: CUDA out of memory"
+    assert res.best["num_threads"] == 2  # 1 thread is slower, 4 did not run
+    assert {t["label"] for t in res.trials if t["images_per_sec"] is not None} == {"1", "2"}
+
+
 def test_knobs_the_factory_does_not_take_are_skipped_and_said():
     knobs = tuner.search_space("gpu", batch_size=8, num_threads=2, thread_counts=(2, 4), prefetch_depths=(2,),
                                batch_sizes=(8,), max_image=(640, 480))
