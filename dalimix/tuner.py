@@ -222,7 +222,8 @@ class TuneResult:
                 "side_by_side": self.side_by_side, "changed": self.changed, "chosen": self.chosen,
                 "skipped": self.skipped, "trials": self.trials, "final_runs": self.final_runs,
                 "unconfirmed": self.unconfirmed,
-                "unconfirmed_images_per_sec": None if self.unconfirmed_rate is None else round(self.unconfirmed_rate, 1),
+                "unconfirmed_images_per_sec": (None if self.unconfirmed_rate is None
+                                               else round(self.unconfirmed_rate, 1)),
                 "seconds": round(self.seconds, 1), "budget": self.budget, "consumer": self.consumer}
 
 

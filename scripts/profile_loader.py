@@ -251,8 +251,9 @@ def tune_main(a: argparse.Namespace, argv, dataset) -> dict:
     # Each candidate lists the dataset again; it was verified once above, so the builds skip that.
     factory = functools.partial(train_pipeline, a.data, seed=0, verify_files=False, **fixed)
     knobs = tuner.search_space(a.device, batch_size=a.batch_size, num_threads=a.threads,
-                               prefetch_queue_depth=a.prefetch, thread_counts=a.thread_counts, prefetch_depths=a.prefetch_depths,
-                               batch_sizes=a.batch_sizes, hw_decoder_loads=a.hw_decoder_loads,
+                               prefetch_queue_depth=a.prefetch, thread_counts=a.thread_counts,
+                               prefetch_depths=a.prefetch_depths, batch_sizes=a.batch_sizes,
+                               hw_decoder_loads=a.hw_decoder_loads,
                                max_image=tuner.max_image_size(dataset.files) if a.device == "gpu" else None)
     step = setup = None
     consumer = "loader only"

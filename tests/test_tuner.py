@@ -4,7 +4,6 @@ budget and prints a `train_pipeline(...)` call that builds a working pipeline an
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import re
@@ -248,7 +247,8 @@ def test_tune_end_to_end_prints_runnable_settings(tiny, tmp_path):
     out_json, out_png = tmp_path / "tune.json", tmp_path / "tune.png"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/profile_loader.py"), "--tune", "--data",
-                           str(tiny / "train"), "--device", "cpu", "--batch-size", "8", "--crop", "32", "--threads", "2",
+                           str(tiny / "train"), "--device", "cpu", "--batch-size", "8", "--crop", "32",
+                           "--threads", "2",
                            "--seconds", str(budget), "--repeats", "2", "--thread-counts", "1,2", "--prefetch-depths",
                            "1,2", "--batch-sizes", "4,8", "--json", str(out_json), "--plot", str(out_png)],
                           capture_output=True, text=True, timeout=600)
