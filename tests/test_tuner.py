@@ -292,3 +292,28 @@ def test_tune_flag_errors(tiny):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/profile_loader.py"), "--tune", "--data",
                            str(tiny / "train"), "--epochs", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--epochs" in proc.stderr
+
+
+# -- what the profiler's report ends with (dalimix.profiling) -----------------------------------------------------
+def test_the_verdict_says_which_side_binds_and_by_how_much():
+    from dalimix.profiling import bound_by
+
+    slow_input = bound_by(300.0, 1200.0, arch="resnet50", device="gpu")
+    assert slow_input.startswith("Input-bound") and "4.00x fewer" in slow_input and "~75% of the time" in slow_input
+    assert "--tune" in slow_input and slow_input.count(".") >= 1 and "\n" not in slow_input
+    slow_model = bound_by(1500.0, 90.0, arch="resnet18", device="cpu")
+    assert slow_model.startswith("Model-bound") and "16.67x" in slow_model and "share the cores" in slow_model
+    with pytest.raises(ValueError, match="rates"):
+        bound_by(0.0, 10.0, arch="resnet18", device="cpu")
+
+
+def test_cpu_decoder_path_and_model_step_rate():
+    from dalimix.profiling import decoder_path, model_step_rate
+
+    assert decoder_path("cpu").startswith("cpu: libjpeg-turbo via nvImageCodec ")
+    with pytest.raises(ValueError, match="device"):
+        decoder_path("tpu")
+    rate = model_step_rate("resnet18", batch_size=2, crop=32, steps=1, warmup=0, device="cpu", threads=1)
+    assert rate > 0
+    with pytest.raises(ValueError, match="arch"):
+        model_step_rate("resnet_nope", batch_size=2, crop=32, steps=1, warmup=0, device="cpu")
