@@ -480,7 +480,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             max_grad_norm=a.clip_grad, progress=not a.no_progress, print_freq=a.print_freq, run_info=run_info,
             first_epoch=first_epoch, plot_title=plot_title, recorder=engine.SeenRecorder() if a.dump_seen else None,
             recorder_path=os.path.join(a.dump_seen, f"rank{ctx.rank}_seen.json") if a.dump_seen else None,
-            stop_epoch=a.stop_at_epoch, resumed_from=a.resume)
+            stop_epoch=a.stop_at_epoch, resumed_from=a.resume,
+            tune_command=(f"dalimix-profile --tune --data {os.path.join(a.data, 'train')} --device {a.device} "
+                          f"--threads {a.threads} --batch-size {a.batch_size} --prefetch {a.prefetch} --crop {a.crop}"))
         t0 = time.perf_counter()
         summary = engine.fit(model, train_loader, val_loader, optimizer, ctx=ctx, cfg=cfg, scheduler=scheduler,
                              scaler=scaler, state=state, log=log)
