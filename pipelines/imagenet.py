@@ -107,7 +107,7 @@ def normalize_images(images: Any, *, crop: Optional[int], mirror: Any, dtype: st
 READER = "Reader"  # the name of the webdataset reader of shard pipelines (DaliLoader asks it for the epoch)
 
 
-def _source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify: bool,
+def make_source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify: bool,
             classes: Optional[Sequence[str]], allow_outside_root: bool, batch_size: int, shard_id: int,
             num_shards: int, train: bool, seed: int, first_epoch: int, max_batches: Optional[int]) -> Any:
     """The file source of a pipeline: a `FileSource` over a folder tree or file list, or a `ShardSource`
@@ -127,7 +127,7 @@ def _source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify: bo
     return source
 
 
-def _read(source: Any, *, train: bool, seed: int) -> tuple[Any, Any]:
+def read_samples(source: Any, *, train: bool, seed: int) -> tuple[Any, Any]:
     """(encoded images, int labels) inside a graph: from the file source, or DALI's webdataset reader."""
     if not isinstance(source, shards.ShardSource):
         return fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
@@ -297,7 +297,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     dev_id = _device_id(device, device_id)
     order_seed, aug_seed = _seeds(seed, shard_id, num_shards)
 
-    source = _source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
+    source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
                      allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
                      num_shards=num_shards, train=True, seed=order_seed, first_epoch=first_epoch,
                      max_batches=max_batches_per_epoch)
@@ -316,7 +316,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=aug_seed,
                   prefetch_queue_depth=prefetch_queue_depth, enable_checkpointing=True)
     def graph():
-        jpegs, labels = _read(source, train=True, seed=aug_seed)
+        jpegs, labels = read_samples(source, train=True, seed=aug_seed)
         enabled = None
         if schedule is not None:
             enabled = fn.external_source(source=schedule, batch=True, batch_info=True, dtype=types.BOOL)
@@ -352,7 +352,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     V.one_of("dtype", dtype, tuple(DTYPES))
     dev_id = _device_id(device, device_id)
     prefetch_queue_depth = _prefetch(prefetch_queue_depth)
-    source = _source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
+    source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
                      allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
                      num_shards=num_shards, train=False, seed=0, first_epoch=0, max_batches=max_batches_per_epoch)
     layout = "HWC" if channels_last else "CHW"
@@ -361,7 +361,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=0,
                   prefetch_queue_depth=prefetch_queue_depth)
     def graph():
-        jpegs, labels = _read(source, train=False, seed=0)
+        jpegs, labels = read_samples(source, train=False, seed=0)
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
         images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_LINEAR, antialias=antialias)
         images = normalize_images(images, crop=crop, mirror=0, dtype=dtype, layout=layout, mean=mean, std=std)

@@ -8,15 +8,14 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import pipeline_def
 
 from dalimix import native
 from dalimix.config import MixConfig
-from dalimix.dataset import scan_folder
 from dalimix.ops.erasing import ErasingConfig
-from dalimix.source import FileSource
+from dalimix.shards import ShardSource
 from dalimix.spec import PipelineSpec
-from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, STAGES, TrainGraph
+from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, READER, STAGES, TrainGraph, make_source, read_samples
 
 
 def stages(device: str = "cpu", device_id: Optional[int] = None) -> tuple[str, ...]:
@@ -27,21 +26,23 @@ def stages(device: str = "cpu", device_id: Optional[int] = None) -> tuple[str, .
 def stage_pipeline(data_dir: str | os.PathLike, stage: str, *, batch_size: int, crop: int = 224,
                    device: str = "cpu", num_threads: int = 4, seed: int = 0, mix: Optional[MixConfig] = None,
                    device_id: Optional[int] = None, dtype: str = "float32") -> PipelineSpec:
-    """The train graph up to and including `stage` (one of `stages(device)`); outputs one tensor batch."""
+    """The train graph up to and including `stage` (one of `stages(device)`); outputs one tensor batch.
+    `data_dir` is a folder tree or tar shards, as for `train_pipeline`."""
     dev = None if device == "cpu" else (device_id if device_id is not None else int(os.environ.get("LOCAL_RANK", 0)))
     if stage not in stages(device, dev):
         raise ValueError(f"stage must be one of {stages(device, dev)}, got {stage!r}")
-    dataset = scan_folder(data_dir)
-    source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, seed=seed)
-    body = TrainGraph(crop=crop, device=device, device_id=dev, mix=mix or MixConfig(num_classes=max(dataset.num_classes, 1)),
+    source = make_source(data_dir, file_list=None, verify=True, classes=None, allow_outside_root=False,
+                         batch_size=batch_size, shard_id=0, num_shards=1, train=True, seed=seed, first_epoch=0,
+                         max_batches=None)
+    body = TrainGraph(crop=crop, device=device, device_id=dev, mix=mix or MixConfig(num_classes=max(len(source.classes), 1)),
                       scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob=0.5, dtype=dtype, layout="CHW",
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias=False, erasing=ErasingConfig())
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev, seed=seed)
     def graph():
-        data, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
-                                          dtype=[types.UINT8, types.INT32])
+        data, labels = read_samples(source, train=True, seed=seed)
         return body(data, labels, stop=stage)
 
     return PipelineSpec(pipeline=graph(), outputs=("images", "targets"), source=source, last_batch="drop",
-                        layout="CHW", classes=list(dataset.classes), settings=body.describe())
+                        layout="CHW", classes=list(source.classes), settings=body.describe(),
+                        reader_name=READER if isinstance(source, ShardSource) else None)

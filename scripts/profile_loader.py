@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "what training reaches (on the CPU, DALI and the model share the cores)")
     p.add_argument("--no-stages", action="store_true", help="skip the stage breakdown")
     p.add_argument("--no-torchvision", action="store_true", help="skip the torchvision baselines")
+    p.add_argument("--shards", metavar="SPEC", default=None,
+                   help="the same dataset as tar shards (a folder of .tar files or a brace pattern, e.g. written by "
+                        "dalimix-make-shards): adds the shard loader and the read ceilings of both sources")
     p.add_argument("--no-stock", action="store_true",
                    help="skip the stock-DALI-operator graphs (the fallback without dalimix's native operators)")
     p.add_argument("--json", help="write the results here")
@@ -161,6 +164,14 @@ def contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
                     return DaliLoader(train_pipeline(a.data, dtype=a.dtype, **kw, **common))
             return make
         out += [Contender("mix_off_stock", stock()), Contender("mix_on_stock", stock(mix=mix))]
+    if a.shards:
+        # The same dataset as tar shards, read by DALI's webdataset reader: the loader and the read ceiling.
+        read = dict(common, dtype=a.dtype)
+        out += [Contender("mix_on_shards", lambda: DaliLoader(train_pipeline(a.shards, dtype=a.dtype, mix=mix,
+                                                                                **common))),
+                Contender("read_folder", lambda: _RawPipe(stage_pipeline(a.data, "read", **read)), step=lambda b: b),
+                Contender("read_shards", lambda: _RawPipe(stage_pipeline(a.shards, "read", **read)),
+                          step=lambda b: b)]
     if not a.no_torchvision:
         batch_mix = TorchBatchMix(mix)
         gpu = a.device == "gpu"
@@ -329,6 +340,8 @@ def main(argv=None) -> dict:
         "torchvision_mix_vs_torchvision": ratio(results, "torchvision_mix", "torchvision"),
         "mix_on_vs_model_step": ratio(results, "mix_on", "model_step"),
         "mix_on_vs_mix_on_stock": ratio(results, "mix_on", "mix_on_stock"),
+        "mix_on_shards_vs_mix_on": ratio(results, "mix_on_shards", "mix_on"),
+        "read_shards_vs_read_folder": ratio(results, "read_shards", "read_folder"),
         "mix_off_vs_mix_off_stock": ratio(results, "mix_off", "mix_off_stock"),
         "mix_on_stock_vs_mix_off_stock": ratio(results, "mix_on_stock", "mix_off_stock"),
     }

@@ -23,7 +23,10 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_profiler_writes_json_and_png(tiny, tmp_path):
     out_json, out_png = tmp_path / "p.json", tmp_path / "p.png"
+    from dalimix.shard_writer import write_shards
+    write_shards(tiny / "train", tmp_path / "shards", shard_size=7, progress=False)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/profile_loader.py"), "--data", str(tiny / "train"),
+                           "--shards", str(tmp_path / "shards"),
                            "--device", "cpu", "--batch-size", "8", "--crop", "32", "--threads", "2",
                            "--seconds", "2", "--repeats", "1", "--warmup", "0.3", "--json", str(out_json),
                            "--plot", str(out_png)], capture_output=True, text=True, timeout=600)
@@ -31,7 +34,8 @@ def test_profiler_writes_json_and_png(tiny, tmp_path):
     report = json.loads(out_json.read_text())
     for name in ("decode_only", "mix_off", "mix_on", "torchvision", "torchvision_mix"):
         assert report["results"][name]["images_per_sec"] > 0
-    for name in ("mix_on_vs_torchvision", "mix_on_vs_decode_only", "mix_on_vs_mix_off"):
+    for name in ("mix_on_vs_torchvision", "mix_on_vs_decode_only", "mix_on_vs_mix_off", "mix_on_shards_vs_mix_on",
+                 "read_shards_vs_read_folder"):
         assert report["ratios"][name] > 0
     from dalimix import native
     if native.available("cpu"):  # the fused operator: no separate resize; the stock graph measured beside it
