@@ -130,6 +130,7 @@ class Recipe:
     # Random-resized-crop area range. The papers pad by 4 pixels and crop 32 (a translation); dalimix's graph
     # crops and resizes, and (0.64, 1) (sides >= 0.8) is the mild equivalent.
     scale: tuple[float, float] = (0.64, 1.0)
+    train_per_class: Optional[int] = None   # train on the first N images (sorted names) of each class only
     seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "gpu"
     threads: int = 4                       # DALI CPU threads
@@ -148,6 +149,7 @@ class Recipe:
         for name in ("width", "epochs", "batch_size", "crop", "val_resize", "threads"):
             need(posint(getattr(self, name)), name, "a positive int")
         need(self.torch_threads is None or posint(self.torch_threads), "torch_threads", "None or a positive int")
+        need(self.train_per_class is None or posint(self.train_per_class), "train_per_class", "None or a positive int")
         need(isinstance(self.arch, str) and bool(self.arch), "arch", "a model name")
         need(self.val_resize >= self.crop, "val_resize", f">= crop ({self.crop})")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "> 0")
@@ -182,7 +184,8 @@ class Recipe:
         warm = f"{self.warmup_epochs:g} warmup epoch(s), then " if self.warmup_epochs else ""
         sched = (f"{warm}cosine" if self.schedule == "cosine" else
                  f"{warm}lr x{self.gamma:g} at epochs {', '.join(map(str, self.milestones)) or '-'}")
-        return (f"{net}, {self.epochs} epochs, batch {self.batch_size}, {sgd}, {wd}, {sched}; crop {self.crop}, "
+        subset = f"{self.train_per_class} train images per class, " if self.train_per_class else ""
+        return (f"{net}, {subset}{self.epochs} epochs, batch {self.batch_size}, {sgd}, {wd}, {sched}; crop {self.crop}, "
                 f"random-resized-crop scale {tuple(self.scale)}, flip; {self.device}"
                 + (", AMP" if self.amp else ""))
 
@@ -208,6 +211,15 @@ RECIPES: dict[str, Recipe] = {
         arch="preact_resnet18", width=16, epochs=15, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
         weight_decay=5e-4, decay_norm_bias=False, schedule="cosine", milestones=(), gamma=0.1, warmup_epochs=1.0,
         scale=(0.64, 1.0), seeds=(0, 1, 2), device="cpu", threads=1, amp=False, channels_last=True),
+    # The same budget spent where the papers' regularisers matter: a training set the network can memorise
+    # (200 images per class), trained long enough that ERM fits it.
+    "cpu-lowdata": Recipe(
+        name="cpu-lowdata", description="the cpu recipe on the first 200 train images of each class, 80 epochs "
+                                        "(the low-data regime, where ERM memorises its training set); 2 CPU cores",
+        arch="preact_resnet18", width=16, epochs=80, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
+        weight_decay=5e-4, decay_norm_bias=False, schedule="cosine", milestones=(), gamma=0.1, warmup_epochs=2.0,
+        scale=(0.64, 1.0), train_per_class=200, seeds=(0, 1, 2), device="cpu", threads=1, amp=False,
+        channels_last=True),
 }
 
 
@@ -326,9 +338,32 @@ def _result(summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]], ru
         "images_per_sec": summary.get("images_per_sec"),
         "wall_time": summary.get("wall_time"),
         "num_params": summary.get("num_params"),
+        "train_images": summary.get("train_images"),
         "history": [{k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
                                              "images_per_sec", "epoch_time")} for row in history],
     }
+
+
+def _subset_list(train_dir: str, classes: Sequence[str], per_class: int, path: Optional[str]) -> Optional[str]:
+    """Write a `train_pipeline(file_list=)` list of the first `per_class` images (sorted names) of each class
+    to `path` (None: only check that every class has that many); ValueError names the short classes."""
+    from dalimix.dataset import scan_folder
+
+    ds = scan_folder(train_dir, verify=False, classes=list(classes))
+    chosen: dict[int, list[str]] = {}
+    for f, label in sorted(zip(ds.files, ds.labels), key=lambda fl: (fl[1], fl[0])):
+        if len(chosen.setdefault(int(label), [])) < per_class:
+            chosen[int(label)].append(f)
+    short = [f"{classes[k]} ({len(chosen.get(k, []))})" for k in range(len(classes))
+             if len(chosen.get(k, [])) < per_class]
+    if short:
+        raise ValueError(f"train_per_class: {per_class} images per class asked for, but {train_dir} has fewer in "
+                         f"{', '.join(short[:5])}")
+    if path is None:
+        return None
+    lines = [f"{os.path.relpath(f, train_dir)} {k}\n" for k in sorted(chosen) for f in chosen[k]]
+    _write_text(path, "".join(lines))
+    return path
 
 
 def _torch_threads(recipe: Recipe) -> Optional[int]:
@@ -398,11 +433,18 @@ def train_run(data: str, recipe: Recipe, method: Method, seed: int, run_dir: str
     mix = method.mix_config(num_classes)
     device_id = ctx.device.index if recipe.device == "gpu" else None
 
+    train_dir = os.path.join(data, "train")
+    subset: dict[str, Any] = {}
+    if recipe.train_per_class is not None:
+        os.makedirs(run_dir, exist_ok=True)
+        subset["file_list"] = _subset_list(train_dir, classes, recipe.train_per_class,
+                                           os.path.join(run_dir, "train_files.txt"))
+
     def build(first_epoch: int, dali_state: Optional[bytes]) -> Any:
-        return train_pipeline(os.path.join(data, "train"), batch_size=recipe.batch_size, crop=recipe.crop,
-                              device=recipe.device, num_threads=recipe.threads, mix=mix, seed=seed,
-                              device_id=device_id, scale=tuple(recipe.scale), channels_last=recipe.channels_last,
-                              classes=list(classes), first_epoch=first_epoch, checkpoint=dali_state)
+        return train_pipeline(train_dir, batch_size=recipe.batch_size, crop=recipe.crop, device=recipe.device,
+                              num_threads=recipe.threads, mix=mix, seed=seed, device_id=device_id,
+                              scale=tuple(recipe.scale), channels_last=recipe.channels_last, classes=list(classes),
+                              first_epoch=first_epoch, checkpoint=dali_state, **subset)
 
     if resume is None:
         train_loader, first_epoch = DaliLoader(build(0, None)), 0
@@ -656,7 +698,7 @@ def _csv(value: str) -> list[str]:
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The command line of `scripts/reproduce.py`."""
-    recipes = "\n".join(f"  {name:6s} {r.description}" for name, r in RECIPES.items())
+    recipes = "\n".join(f"  {name:12s} {r.description}" for name, r in RECIPES.items())
     methods = "\n".join(f"  {name:13s} {m.label}" for name, m in METHODS.items())
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -687,6 +729,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     g.add_argument("--val-resize", type=int, default=None, help="val: shorter side before the centre crop")
     g.add_argument("--scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="random-resized-crop area range")
+    g.add_argument("--train-per-class", type=int, default=None, metavar="N",
+                   help="train on the first N images (sorted names) of each class only")
     g.add_argument("--device", choices=("gpu", "cpu"), default=None)
     g.add_argument("--threads", type=int, default=None, help="DALI CPU threads")
     g.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
@@ -709,7 +753,8 @@ def main(argv: Optional[Sequence[str]] = None, *, train_pipeline: PipelineFactor
         p.error(f"--methods: {names} names a method twice")
     overrides = dict(arch=a.arch, width=a.width, epochs=a.epochs, milestones=a.milestones, schedule=a.schedule,
                      batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs,
-                     crop=a.crop, val_resize=a.val_resize, scale=a.scale, device=a.device, threads=a.threads,
+                     crop=a.crop, val_resize=a.val_resize, scale=a.scale, train_per_class=a.train_per_class,
+                     device=a.device, threads=a.threads,
                      torch_threads=a.torch_threads, seeds=a.seeds,
                      amp=None if a.amp is None else a.amp == "on")
     if a.device == "cpu" and a.amp is None:
@@ -737,15 +782,19 @@ def main(argv: Optional[Sequence[str]] = None, *, train_pipeline: PipelineFactor
     try:
         _class_folders(a.data)
     except (FileNotFoundError, ValueError) as exc:
-        p.error(f"--data: {exc}")
+        p.error(f"--{exc}")  # the message starts with "data: "
     methods = [METHODS[n] for n in names]
     t0 = time.perf_counter()
     try:
+        if recipe.train_per_class is not None:
+            _subset_list(os.path.join(a.data, "train"), _class_folders(a.data), recipe.train_per_class, None)
         results = run(a.data, recipe, methods, a.output, train_pipeline=train_pipeline, val_pipeline=val_pipeline,
                       progress=not a.no_progress, keep_checkpoints=a.keep_checkpoints)
     except ValueError as exc:
-        if str(exc).startswith("output:"):
-            p.error(f"--{exc}")
+        # Errors that name a setting ("output: ...", "train_per_class: ...") become errors naming its flag.
+        name, sep, rest = str(exc).partition(": ")
+        if sep and name.isidentifier():
+            p.error(f"--{name.replace('_', '-')}: {rest}")
         raise
     print(format_table(results["table"], recipe), end="")
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; table.md, results.json and curves.png in {a.output}")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from dalimix import ManifoldMixup
 from dalimix.preact_resnet import preact_resnet18
+from dalimix import reproduce
 from dalimix.reproduce import (DEFAULT_METHODS, METHODS, RECIPES, Recipe, StepSchedule, build_model,
                                format_table, summarize)
 from dalimix.synthetic import make_dataset
@@ -76,6 +77,7 @@ def test_methods_and_recipes_are_the_papers():
     assert (paper.weight_decay, paper.schedule, paper.milestones, paper.gamma) == (1e-4, "step", (100, 150), 0.1)
     cpu = RECIPES["cpu"]
     assert cpu.device == "cpu" and cpu.width < paper.width and cpu.epochs < paper.epochs
+    assert RECIPES["cpu-lowdata"].train_per_class == 200 and cpu.train_per_class is None
 
 
 def test_recipe_errors_name_the_field():
@@ -123,11 +125,24 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """scripts/reproduce.py's command line in this process: (exit code, stdout, stderr)."""
+    from pipelines.imagenet import train_pipeline, val_pipeline
+
+    try:
+        code = reproduce.main(list(args), train_pipeline=train_pipeline, val_pipeline=val_pipeline)
+    except SystemExit as exc:
+        code = int(exc.code)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.slow
-def test_reproduce_end_to_end(tiny, tmp_path):
+def test_reproduce_end_to_end(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--data", str(tiny), "--recipe", "cpu", "--methods", "mixup,manifold", "--seeds", "0", "--epochs", "1",
-            "--width", "4", "--batch-size", "8", "--threads", "1", "--torch-threads", "1", "--output", str(out)]
+            "--width", "4", "--batch-size", "8", "--threads", "1", "--torch-threads", "1", "--train-per-class", "6",
+            "--output", str(out)]
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "table.md").read_text()
@@ -137,9 +152,12 @@ def test_reproduce_end_to_end(tiny, tmp_path):
     assert [r["method"] for r in results["runs"]] == ["mixup", "manifold"]
     for r in results["runs"]:
         assert len(r["history"]) == 1 and 0.0 <= r["final_error"] <= 100.0
+        assert r["train_images"] == 4 * 6  # --train-per-class 6 of the 8 per class
         assert r["num_params"] == sum(p.numel() for p in preact_resnet18(num_classes=4, width=4).parameters())
         run_dir = Path(r["run_dir"])
         assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "curves.png").is_file()
+        listed = (run_dir / "train_files.txt").read_text().split("\n")[:-1]
+        assert len(listed) == 24 and listed[0].endswith("_00000.jpg 0") and listed[-1].endswith("_00005.jpg 3")
         assert not (run_dir / "checkpoint.pt").exists()  # removed once the run finished
     assert results["recipe"]["epochs"] == 1 and results["recipe"]["width"] == 4
     assert [row["method"] for row in results["table"]] == ["mixup", "manifold"]
@@ -147,21 +165,24 @@ def test_reproduce_end_to_end(tiny, tmp_path):
     with Image.open(out / "curves.png") as img:
         assert img.size[0] >= 800
     # The same command again reads the finished runs back instead of training them.
-    again = _run(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("finished earlier") == 2
+    code, stdout, stderr = _main(capsys, *args, "--no-progress")
+    assert code == 0, stderr[-3000:]
+    assert stdout.count("finished earlier") == 2
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
     # Other settings into the same folder are refused, naming the run that differs.
-    other = _run(*[a if a != "4" else "8" for a in args])
-    assert other.returncode == 2 and "--output" in other.stderr and "recipe.width" in other.stderr
+    code, _, stderr = _main(capsys, *[a if a != "4" else "8" for a in args])
+    assert code == 2 and "--output" in stderr and "recipe.width" in stderr
 
 
-def test_reproduce_flag_errors(tiny, tmp_path):
-    bad = _run("--data", str(tiny), "--output", str(tmp_path), "--methods", "erm,bogus", "--recipe", "cpu")
-    assert bad.returncode == 2 and "--methods" in bad.stderr and "bogus" in bad.stderr
-    missing = _run("--data", str(tmp_path / "nope"), "--output", str(tmp_path), "--recipe", "cpu")
-    assert missing.returncode == 2 and "--data" in missing.stderr and "nope" in missing.stderr
-    epochs = _run("--data", str(tiny), "--output", str(tmp_path), "--recipe", "cpu", "--epochs", "0")
-    assert epochs.returncode == 2 and "--epochs" in epochs.stderr
-    arch = _run("--data", str(tiny), "--output", str(tmp_path), "--recipe", "cpu", "--arch", "resnet19")
-    assert arch.returncode == 2 and "--arch" in arch.stderr and "resnet18" in arch.stderr
+def test_reproduce_flag_errors(tiny, tmp_path, capsys):
+    def error(*args: str) -> str:
+        code, _, stderr = _main(capsys, "--output", str(tmp_path), "--recipe", "cpu", *args)
+        assert code == 2
+        return stderr
+
+    assert "--methods: unknown ['bogus']" in error("--data", str(tiny), "--methods", "erm,bogus")
+    assert "--data: " in error("--data", str(tmp_path / "nope")) and "nope" in error("--data", str(tmp_path / "nope"))
+    assert "--epochs: Recipe.epochs must be a positive int" in error("--data", str(tiny), "--epochs", "0")
+    assert "checks (8)" in error("--data", str(tiny), "--train-per-class", "9")
+    assert "--arch: " in error("--data", str(tiny), "--arch", "resnet19")
+    assert not list(tmp_path.iterdir())  # nothing written
