@@ -10,15 +10,11 @@ script only hands it the pipelines (dalimix itself never imports `pipelines`).
 """
 from __future__ import annotations
 
-import os
 import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # run from anywhere without installing: `dalimix` and `pipelines` live beside scripts/
-    sys.path.insert(0, _ROOT)
+from typing import Optional
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Parse `argv` and run the comparison with `pipelines.imagenet`'s train and val pipelines."""
     from dalimix import reproduce
     from pipelines.imagenet import train_pipeline, val_pipeline
@@ -26,5 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     return reproduce.main(argv, train_pipeline=train_pipeline, val_pipeline=val_pipeline)
 
 
+def cli() -> int:
+    """Console entry point (`dalimix-reproduce`): exit status 0 on success."""
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
