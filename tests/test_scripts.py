@@ -80,7 +80,8 @@ def test_torchvision_baseline_one_epoch(tiny, tmp_path, loader):
     assert summary["args"]["loader"] == loader
 
 
-@pytest.mark.parametrize("command", ["dalimix-train", "dalimix-profile", "dalimix-preview"])
+@pytest.mark.parametrize("command", ["dalimix-train", "dalimix-profile", "dalimix-preview", "dalimix-make-shards",
+                                     "dalimix-reproduce"])
 def test_console_commands_are_installed(command, tmp_path):
     exe = Path(sys.executable).parent / command
     assert exe.exists(), f"{command} is not installed beside {sys.executable} (pip install -e .)"
