@@ -5,6 +5,8 @@ import math
 import os
 from typing import Mapping, Sequence
 
+from dalimix.atomic_files import save_figure
+
 __all__ = ["plot_curves"]
 
 WAIT_THRESHOLD = 0.10  # drawn as a dashed line on the input-wait panel (dalimix.engine.INPUT_WAIT_THRESHOLD)
@@ -81,8 +83,4 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = os.fspath(path)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

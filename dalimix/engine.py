@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dalimix.atomic_files import fsync_file, json_safe, write_text
 from dalimix.distributed import DistContext
 from dalimix.losses import SoftTargetCrossEntropy
 
@@ -559,14 +560,6 @@ def _legacy_safe_globals() -> list[Any]:
     return allowed
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
     """torch.save plain data to `path` atomically (tmp file, then rename): a crash mid-write never leaves a
     truncated checkpoint. Raises TypeError naming an entry that is not plain data."""
@@ -575,14 +568,14 @@ def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 
 def _copy_atomic(src: str, dst: str) -> None:
     tmp = f"{dst}.tmp"
     shutil.copyfile(src, tmp)
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, dst)
 
 
@@ -712,33 +705,13 @@ class TrainState:
                    best_epoch=int(checkpoint.get("best_epoch", -1)), wall_time=float(checkpoint.get("wall_time", 0.0)))
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write `text` to `path` atomically: a tmp file, flushed to disk, then renamed over `path`."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: str, obj: Any) -> None:
-    _write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
 def _write_metrics(path: str, history: Sequence[Mapping[str, Any]]) -> None:
     # The whole log every epoch (a few KB): an appended line could be cut in half by a crash.
-    _write_text(path, "".join(json.dumps(_json_safe(dict(row))) + "\n" for row in history))
+    write_text(path, "".join(json.dumps(json_safe(dict(row))) + "\n" for row in history))
 
 
 # What fit writes in `output`, and the temporary names a crash can leave behind.
@@ -786,10 +759,10 @@ def repair_outputs(output: str, state: TrainState, cfg: FitConfig, ctx: DistCont
                 warnings.warn(f"{best} holds epoch {best_epoch + 1} but {source} says the best is epoch "
                               f"{state.best_epoch + 1}, which neither file holds; best.pt is left as it is")
     metrics_path = os.path.join(output, "metrics.jsonl")
-    expected = "".join(json.dumps(_json_safe(dict(row))) + "\n" for row in state.history)
+    expected = "".join(json.dumps(json_safe(dict(row))) + "\n" for row in state.history)
     current = open(metrics_path).read() if os.path.isfile(metrics_path) else None
     if current != expected:
-        _write_text(metrics_path, expected)
+        write_text(metrics_path, expected)
         if current is not None and state.history:
             fixed.append("metrics.jsonl")
     if state.history:

@@ -34,6 +34,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from dalimix.atomic_files import json_safe, save_figure, write_text
+
 __all__ = [
     "Method", "METHODS", "DEFAULT_METHODS", "Recipe", "RECIPES", "PAPER_FIGURES", "build_model", "make_scheduler",
     "StepSchedule", "train_run", "run", "summarize", "format_table", "plot_results", "build_parser", "main",
@@ -362,7 +364,7 @@ def _subset_list(train_dir: str, classes: Sequence[str], per_class: int, path: O
     if path is None:
         return None
     lines = [f"{os.path.relpath(f, train_dir)} {k}\n" for k in sorted(chosen) for f in chosen[k]]
-    _write_text(path, "".join(lines))
+    write_text(path, "".join(lines))
     return path
 
 
@@ -600,37 +602,17 @@ def plot_results(runs: Sequence[Mapping[str, Any]], methods: Sequence[Method], p
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+    return save_figure(fig, path)
 
 
 def _write_outputs(output: str, recipe: Recipe, methods: Sequence[Method], runs: Sequence[Mapping[str, Any]],
                    meta: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = summarize(runs, methods)
     table = format_table(rows, recipe)
-    _write_text(os.path.join(output, "table.md"), table)
+    write_text(os.path.join(output, "table.md"), table)
     results = {**meta, "recipe": recipe.describe(), "methods": [m.describe() for m in methods],
                "table": rows, "runs": list(runs)}
-    _write_text(os.path.join(output, "results.json"), json.dumps(_json_safe(results), indent=1) + "\n")
+    write_text(os.path.join(output, "results.json"), json.dumps(json_safe(results), indent=1) + "\n")
     try:
         plot_results(runs, methods, os.path.join(output, "curves.png"),
                      title=f"{recipe.arch} (width {recipe.width}), recipe {recipe.name}: "

@@ -24,13 +24,13 @@ the score is what training would reach, contention for CPU cores between DALI an
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from dalimix.atomic_files import save_figure
 from dalimix.profiling import Contender, cpu_cores
 
 __all__ = ["Knob", "TuneResult", "search_space", "accepts", "factory_kwargs", "tune", "pipeline_call",
@@ -538,7 +538,4 @@ def plot_tuning(result: TuneResult, path: str, title: str = "") -> str:
     ax.set_xlabel("images / s" + ("" if result.consumer == "loader only" else f" ({result.consumer})"))
     ax.set_title(title or f"dalimix-profile --tune: gain {result.gain:.2f}x over the defaults")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
