@@ -1,7 +1,6 @@
 """Shared fixtures: small JPEG trees drawn here (no ../shared needed), GPU skipping."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

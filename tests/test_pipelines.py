@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import CLASS_COLOURS, decode_ids, make_class_tree, make_id_tree, write_solid
 from dalimix import DaliLoader, MixConfig
