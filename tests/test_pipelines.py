@@ -281,3 +281,50 @@ def test_gpu_decoder_options_reach_the_decoder(class_tree):
                                                         "preallocate_width_hint": 64, "preallocate_height_hint": 64}))
     images, _ = next(iter(loader))
     assert images.is_cuda and images.shape == (4, 3, 32, 32)
+
+
+def _crop_windows(root, epochs, **kw):
+    """(x0, y0, w, h) of each train sample's crop, read back from a ramp image (R = 4x + 2, G = 4y + 2)."""
+    loader = train(root, batch_size=32, flip_prob=0, **kw)
+    out = []
+    for _ in range(epochs):
+        for x, _ in loader:
+            v = (x * STD + MEAN) * 255
+            r, g = v[:, 0, 16, :], v[:, 1, :, 16]
+            w, h = (r[:, 24] - r[:, 8]) / 2, (g[:, 24] - g[:, 8]) / 2  # 16 output pixels span w/2 input pixels
+            x0 = (r[:, 16] - 2) / 4 - 16.5 * w / 32 + 0.5  # output pixel 16's centre sits at x0 + 16.5 w/32 - 0.5
+            y0 = (g[:, 16] - 2) / 4 - 16.5 * h / 32 + 0.5
+            out.append(torch.stack([x0, y0, w, h], 1))
+    return torch.cat(out).round().numpy()  # torchvision's windows are whole pixels; so are DALI's
+
+
+def test_train_crops_follow_torchvision_random_resized_crop_on_small_images(tmp_path):
+    """On 32x32 images (CIFAR) the crop windows have torchvision's distribution: area, aspect, position."""
+    from PIL import Image
+    from scipy import stats
+    from torchvision.transforms import RandomResizedCrop
+
+    ramp = np.zeros((32, 32, 3), np.uint8)
+    ramp[..., 0] = 4 * np.arange(32)[None, :] + 2
+    ramp[..., 1] = 4 * np.arange(32)[:, None] + 2
+    (tmp_path / "c").mkdir()
+    for i in range(64):
+        Image.fromarray(ramp).save(tmp_path / "c" / f"{i:02d}.png")
+    ours = _crop_windows(str(tmp_path), epochs=24)
+    torch.manual_seed(0)
+    img = Image.fromarray(ramp)
+    theirs = np.array([RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+                       for _ in range(len(ours))], dtype=np.float64)[:, [1, 0, 3, 2]]  # (i, j, h, w) -> x0 y0 w h
+
+    def features(win):
+        x0, y0, w, h = win.T
+        return {"area": w * h, "log aspect": np.log(w / h), "x centre": x0 + w / 2, "y centre": y0 + h / 2,
+                "x0": x0}
+
+    a, b = features(ours), features(theirs)
+    for name in a:
+        assert stats.ks_2samp(a[name], b[name]).pvalue > 1e-3, name
+    assert ((ours[:, 2] >= 1) & (ours[:, 0] >= 0) & (ours[:, 0] + ours[:, 2] <= 32)).all()
+    # the comparison has the power to see a milder crop: scale (0.25, 1) is told apart
+    milder = features(_crop_windows(str(tmp_path), epochs=12, scale=(0.25, 1.0)))
+    assert stats.ks_2samp(milder["area"], b["area"]).pvalue < 1e-3
