@@ -8,8 +8,11 @@ et al. 2019) and timm's ImageNet recipe (mixup 0.8 + CutMix 1.0, label smoothing
 the DALI graph (`dalimix.MixConfig`), manifold mixup wraps the model (`dalimix.ManifoldMixup`), and
 `dalimix.engine.fit` trains, evaluates and checkpoints each run.
 
-The recipes (`RECIPES`): `paper`, the papers' 200-epoch schedule for a GPU, and `cpu`, a narrow network and
-a short schedule that trains the four methods on a 2-core CPU in about 40 minutes per seed.
+The recipes (`RECIPES`): `paper`, the papers' 200-epoch schedule for a GPU; `cpu`, a narrow network and a
+15-epoch schedule (the four methods in ~30 minutes per seed on 2 CPU cores), too short for the regularisers to
+pay: ERM comes out best; and `cpu-lowdata`, the same network on 200 images per class for 80 epochs (~35
+minutes per seed), where ERM memorises its training set and the methods separate as in the papers
+(docs/BENCHMARKS.md section 6).
 
 Outputs in `output`: `runs/<method>_s<seed>/` (the engine's metrics.jsonl, summary.json, curves.png and, while
 a run is unfinished or with `keep_checkpoints`, its checkpoints), `results.json` (recipe, machine, every
