@@ -522,9 +522,24 @@ def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]
     return mean, std
 
 
+def _paired_vs(mine: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Final error minus the baseline's, seed by seed (every method of one seed starts from the same weights, so
+    the difference is paired): mean, sample std, count and t = mean / (std / sqrt(n))."""
+    ref = {r["seed"]: r["final_error"] for r in base if r["final_error"] is not None}
+    diffs = [float(r["final_error"]) - float(ref[r["seed"]]) for r in mine
+             if r["final_error"] is not None and r["seed"] in ref]
+    mean, std = _mean_std(diffs)
+    t = None
+    if len(diffs) > 1 and std:
+        t = mean / (std / math.sqrt(len(diffs)))
+    return {"diff_mean": mean, "diff_std": std, "n": len(diffs), "t": t}
+
+
 def summarize(runs: Sequence[Mapping[str, Any]], methods: Sequence[Method]) -> list[dict[str, Any]]:
-    """One row per method: final val error mean and sample std over seeds (and best-epoch error, train loss)."""
+    """One row per method: final val error mean and sample std over seeds (and best-epoch error, train loss),
+    and its difference to ERM's, seed by seed, when ERM is among the methods."""
     rows = []
+    erm = [r for r in runs if r["method"] == "erm"]
     for m in methods:
         mine = [r for r in runs if r["method"] == m.name]
         mean, std = _mean_std([r["final_error"] for r in mine])
@@ -534,7 +549,8 @@ def summarize(runs: Sequence[Mapping[str, Any]], methods: Sequence[Method]) -> l
         rows.append({"method": m.name, "label": m.label, "paper": PAPER_FIGURES.get(m.name, "-"),
                      "seeds": [r["seed"] for r in mine], "errors": [r["final_error"] for r in mine],
                      "error_mean": mean, "error_std": std, "best_error_mean": best_mean, "best_error_std": best_std,
-                     "final_train_loss": loss_mean, "minutes_per_run": None if wall_mean is None else wall_mean / 60})
+                     "final_train_loss": loss_mean, "minutes_per_run": None if wall_mean is None else wall_mean / 60,
+                     "vs_erm": _paired_vs(mine, erm) if erm and m.name != "erm" else None})
     return rows
 
 
@@ -548,17 +564,24 @@ def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe) -> str:
     """The comparison as a Markdown table (val error % after the last epoch, mean +- sample std over seeds)."""
     lines = [f"Recipe `{recipe.name}`: {recipe.summary()}. Val error (%) after epoch "
              f"{recipe.epochs}, mean +- sample std over seeds.", "",
-             "| method | papers' CIFAR-10 error % | error % | seeds | per seed | best-epoch error % | final train loss "
-             "| min/run |",
-             "|---|---|---:|---:|---|---:|---:|---:|"]
+             "| method | papers' CIFAR-10 error % | error % | seeds | per seed | vs ERM (paired) | best-epoch error % "
+             "| final train loss | min/run |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         n = len(r["seeds"])
         per_seed = ", ".join(f"{e:.1f}" for e in r["errors"] if e is not None) or "-"
         loss = "-" if r["final_train_loss"] is None else f"{r['final_train_loss']:.3f}"
         minutes = "-" if r["minutes_per_run"] is None else f"{r['minutes_per_run']:.1f}"
+        vs = r.get("vs_erm")
+        versus = "-"
+        if vs and vs["n"]:
+            versus = f"{vs['diff_mean']:+.2f}" + (f" +- {vs['diff_std']:.2f}" if vs["n"] > 1 else "")
+            versus += f" (t {vs['t']:+.1f})" if vs["t"] is not None else ""
         lines.append(f"| {r['label']} | {r['paper']} | {_pm(r['error_mean'], r['error_std'], n)} | {n} | {per_seed} "
-                     f"| {_pm(r['best_error_mean'], r['best_error_std'], n)} | {loss} | {minutes} |")
-    lines += ["", PAPER_NOTES, "Train loss is against the mixed targets, so it is higher for the mixing methods."]
+                     f"| {versus} | {_pm(r['best_error_mean'], r['best_error_std'], n)} | {loss} | {minutes} |")
+    lines += ["", PAPER_NOTES, "Train loss is against the mixed targets, so it is higher for the mixing methods. "
+              "vs ERM: the method's error minus ERM's, seed by seed (the same seed starts from the same weights), "
+              "mean +- sample std and t = mean / (std / sqrt(seeds)); |t| > 4.3 is p < 0.05 with 3 seeds."]
     return "\n".join(lines) + "\n"
 
 

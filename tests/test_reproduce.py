@@ -105,14 +105,22 @@ def test_table_mean_and_sample_std():
         return {"method": method, "seed": seed, "final_error": 100 - top1, "best_error": 100 - top1 - 1,
                 "final_train_loss": 1.0, "wall_time": 60.0, "history": []}
 
-    runs = [run("erm", 0, 80.0), run("erm", 1, 84.0), run("mixup", 0, 85.0)]
-    rows = summarize(runs, [METHODS["erm"], METHODS["mixup"], METHODS["cutmix"]])
+    runs = [run("erm", 0, 80.0), run("erm", 1, 84.0), run("mixup", 0, 85.0),
+            run("cutmix", 0, 83.0), run("cutmix", 1, 85.0), run("cutmix", 2, 90.0)]
+    rows = summarize(runs, [METHODS["erm"], METHODS["mixup"], METHODS["cutmix"], METHODS["manifold"]])
     assert rows[0]["error_mean"] == pytest.approx(18.0) and rows[0]["error_std"] == pytest.approx(math.sqrt(8))
     assert rows[1]["error_mean"] == pytest.approx(15.0) and rows[1]["seeds"] == [0]
-    assert rows[2]["error_mean"] is None
+    assert rows[3]["error_mean"] is None
+    # paired by seed: CutMix seeds 0 and 1 against ERM's (seed 2 has no ERM run): -3 and -1
+    assert rows[0]["vs_erm"] is None and rows[1]["vs_erm"]["diff_mean"] == pytest.approx(-5.0)
+    vs = rows[2]["vs_erm"]
+    assert vs["n"] == 2 and vs["diff_mean"] == pytest.approx(-2.0) and vs["diff_std"] == pytest.approx(math.sqrt(2))
+    assert vs["t"] == pytest.approx(-2.0 / (math.sqrt(2) / math.sqrt(2)))
+    assert rows[3]["vs_erm"]["n"] == 0
     table = format_table(rows, RECIPES["cpu"])
-    assert "| ERM (no mixing) | 5.6 [Z], 4.83 [V] | 18.00 +- 2.83 | 2 | 20.0, 16.0 |" in table
-    assert "| input mixup, alpha 1 |" in table and "15.00 | 1 |" in table
+    assert "| ERM (no mixing) | 5.6 [Z], 4.83 [V] | 18.00 +- 2.83 | 2 | 20.0, 16.0 | - |" in table
+    assert "| input mixup, alpha 1 |" in table and "15.00 | 1 | 15.0 | -5.00 |" in table
+    assert "| 3 | 17.0, 15.0, 10.0 | -2.00 +- 1.41 (t -2.0) |" in table
 
 
 @pytest.fixture(scope="module")
