@@ -340,6 +340,7 @@ def _result(summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]], ru
         "best_error": None if best_top1 is None else 100.0 - float(best_top1),
         "best_epoch": summary.get("best_epoch"),
         "final_train_loss": summary.get("final_train_loss"),
+        "final_val_loss": summary.get("final_val_loss"),
         "images_per_sec": summary.get("images_per_sec"),
         "wall_time": summary.get("wall_time"),
         "num_params": summary.get("num_params"),
@@ -545,11 +546,13 @@ def summarize(runs: Sequence[Mapping[str, Any]], methods: Sequence[Method]) -> l
         mean, std = _mean_std([r["final_error"] for r in mine])
         best_mean, best_std = _mean_std([r["best_error"] for r in mine])
         loss_mean, _ = _mean_std([r["final_train_loss"] for r in mine])
+        val_loss_mean, val_loss_std = _mean_std([r.get("final_val_loss") for r in mine])
         wall_mean, _ = _mean_std([r["wall_time"] for r in mine])
         rows.append({"method": m.name, "label": m.label, "paper": PAPER_FIGURES.get(m.name, "-"),
                      "seeds": [r["seed"] for r in mine], "errors": [r["final_error"] for r in mine],
                      "error_mean": mean, "error_std": std, "best_error_mean": best_mean, "best_error_std": best_std,
-                     "final_train_loss": loss_mean, "minutes_per_run": None if wall_mean is None else wall_mean / 60,
+                     "final_train_loss": loss_mean, "val_loss_mean": val_loss_mean, "val_loss_std": val_loss_std,
+                     "minutes_per_run": None if wall_mean is None else wall_mean / 60,
                      "vs_erm": _paired_vs(mine, erm) if erm and m.name != "erm" else None})
     return rows
 
@@ -565,8 +568,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe) -> str:
     lines = [f"Recipe `{recipe.name}`: {recipe.summary()}. Val error (%) after epoch "
              f"{recipe.epochs}, mean +- sample std over seeds.", "",
              "| method | papers' CIFAR-10 error % | error % | seeds | per seed | vs ERM (paired) | best-epoch error % "
-             "| final train loss | min/run |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+             "| val loss | final train loss | min/run |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = len(r["seeds"])
         per_seed = ", ".join(f"{e:.1f}" for e in r["errors"] if e is not None) or "-"
@@ -577,9 +580,13 @@ def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe) -> str:
         if vs and vs["n"]:
             versus = f"{vs['diff_mean']:+.2f}" + (f" +- {vs['diff_std']:.2f}" if vs["n"] > 1 else "")
             versus += f" (t {vs['t']:+.1f})" if vs["t"] is not None else ""
+        val_loss = "-" if r.get("val_loss_mean") is None else (
+            f"{r['val_loss_mean']:.3f}" + (f" +- {r['val_loss_std']:.3f}" if n > 1 else ""))
         lines.append(f"| {r['label']} | {r['paper']} | {_pm(r['error_mean'], r['error_std'], n)} | {n} | {per_seed} "
-                     f"| {versus} | {_pm(r['best_error_mean'], r['best_error_std'], n)} | {loss} | {minutes} |")
-    lines += ["", PAPER_NOTES, "Train loss is against the mixed targets, so it is higher for the mixing methods. "
+                     f"| {versus} | {_pm(r['best_error_mean'], r['best_error_std'], n)} | {val_loss} | {loss} "
+                     f"| {minutes} |")
+    lines += ["", PAPER_NOTES, "Val loss: cross-entropy on the val set after the last epoch (an overconfident, memorising model scores "
+              "high). Train loss is against the mixed targets, so it is higher for the mixing methods. "
               "vs ERM: the method's error minus ERM's, seed by seed (the same seed starts from the same weights), "
               "mean +- sample std and t = mean / (std / sqrt(seeds)); |t| > 4.3 is p < 0.05 with 3 seeds."]
     return "\n".join(lines) + "\n"

@@ -103,7 +103,7 @@ def test_step_schedule_warmup_and_milestones():
 def test_table_mean_and_sample_std():
     def run(method, seed, top1):
         return {"method": method, "seed": seed, "final_error": 100 - top1, "best_error": 100 - top1 - 1,
-                "final_train_loss": 1.0, "wall_time": 60.0, "history": []}
+                "final_train_loss": 1.0, "final_val_loss": top1 / 40, "wall_time": 60.0, "history": []}
 
     runs = [run("erm", 0, 80.0), run("erm", 1, 84.0), run("mixup", 0, 85.0),
             run("cutmix", 0, 83.0), run("cutmix", 1, 85.0), run("cutmix", 2, 90.0)]
@@ -121,6 +121,7 @@ def test_table_mean_and_sample_std():
     assert "| ERM (no mixing) | 5.6 [Z], 4.83 [V] | 18.00 +- 2.83 | 2 | 20.0, 16.0 | - |" in table
     assert "| input mixup, alpha 1 |" in table and "15.00 | 1 | 15.0 | -5.00 |" in table
     assert "| 3 | 17.0, 15.0, 10.0 | -2.00 +- 1.41 (t -2.0) |" in table
+    assert rows[0]["val_loss_mean"] == pytest.approx(2.05) and "| 2.050 +- 0.071 |" in table
 
 
 @pytest.fixture(scope="module")
