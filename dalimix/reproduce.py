@@ -593,19 +593,20 @@ def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe) -> str:
 
 
 def plot_results(runs: Sequence[Mapping[str, Any]], methods: Sequence[Method], path: str, title: str = "") -> str:
-    """Val error and train loss per epoch, one line per method (mean over seeds, band min..max); a PNG."""
+    """Val error, val loss and train loss per epoch, one line per method (mean over seeds, band min..max); a PNG."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    ax_err, ax_loss = fig.subplots(1, 2)
+    fig = Figure(figsize=(16, 4.6), dpi=100)
+    ax_err, ax_val, ax_loss = fig.subplots(1, 3)
     for m in methods:
         hists = [r["history"] for r in runs if r["method"] == m.name and r["history"]]
         if not hists:
             continue
         epochs = sorted({int(row["epoch"]) for h in hists for row in h})
-        for ax, key, to_value in ((ax_err, "val_top1", lambda v: 100.0 - v), (ax_loss, "train_loss", lambda v: v)):
+        for ax, key, to_value in ((ax_err, "val_top1", lambda v: 100.0 - v), (ax_val, "val_loss", lambda v: v),
+                                  (ax_loss, "train_loss", lambda v: v)):
             xs, mean, lo, hi = [], [], [], []
             for e in epochs:
                 vals = [to_value(float(row[key])) for h in hists for row in h
@@ -624,10 +625,13 @@ def plot_results(runs: Sequence[Mapping[str, Any]], methods: Sequence[Method], p
     ax_err.set_title("val error (mean over seeds, band: min..max)")
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("top-1 error (%)")
+    ax_val.set_title("val loss")
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylabel("cross-entropy")
     ax_loss.set_title("train loss (against the mixed targets)")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
-    for ax in (ax_err, ax_loss):
+    for ax in (ax_err, ax_val, ax_loss):
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.get_legend_handles_labels()[0]:
