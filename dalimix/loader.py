@@ -14,7 +14,7 @@ import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from dalimix.dataset import DecodeError, find_undecodable
+from dalimix.data.dataset import DecodeError, find_undecodable
 from dalimix.ops.schedule import MixSchedule
 from dalimix.spec import PipelineSpec
 

@@ -34,7 +34,7 @@ class PipelineSpec:
 
     pipeline: Any
     outputs: tuple[str, ...]
-    source: Any  # FileSource, or dalimix.shards.ShardSource for tar shards
+    source: Any  # FileSource, or dalimix.data.shards.ShardSource for tar shards
     last_batch: str
     layout: str
     classes: list[str]

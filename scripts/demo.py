@@ -4,7 +4,7 @@ mixup, and show what the training script writes (val top-1, images/s, curves.png
 
     .venv/bin/python scripts/demo.py --out runs/demo
 
-Draws the default dataset of `dalimix.synthetic.make_dataset` (10 classes of shapes and textures) into
+Draws the default dataset of `dalimix.data.synthetic.make_dataset` (10 classes of shapes and textures) into
 OUT/data unless --data is given (and skips drawing when it is already there), then runs
 scripts/train_imagenet.py on it. A few minutes on two CPU cores. Extra arguments after `--` go to the
 training script (e.g. `-- --epochs 12 --amp`).
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.data is not None:
         p.error(f"--data: {data!r} has no train/ and val/ image folders")
     else:
-        from dalimix.synthetic import make_dataset
+        from dalimix.data.synthetic import make_dataset
         t0 = time.perf_counter()
         make_dataset(data, train_per_class=a.train_per_class, val_per_class=a.val_per_class)
         print(f"dataset: drew {10 * a.train_per_class} train / {10 * a.val_per_class} val JPEGs (10 classes) "

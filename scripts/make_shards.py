@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--shard-size: must be >= 1, got {a.shard_size}")
     if not os.path.isdir(a.data):
         p.error(f"--data: {a.data!r} is not a directory")
-    from dalimix.shard_writer import write_shards
+    from dalimix.data.shard_writer import write_shards
     try:
         meta = write_shards(a.data, a.out, shard_size=a.shard_size, prefix=a.prefix, seed=a.seed,
                             file_list=a.file_list, verify=not a.no_verify, tar_format=a.format,

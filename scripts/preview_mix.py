@@ -16,7 +16,7 @@ import sys
 import numpy as np  # noqa: E402
 
 from dalimix import DaliLoader, MixConfig  # noqa: E402
-from pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, train_pipeline  # noqa: E402
+from dalimix.pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, train_pipeline  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> str:
     a = parse_args(argv)
-    from dalimix.class_names import readable_names
-    from dalimix.dataset import scan_folder
+    from dalimix.data.class_names import readable_names
+    from dalimix.data.dataset import scan_folder
     classes = scan_folder(a.data, verify=False).classes
     names = readable_names(classes)
     try:

@@ -19,7 +19,7 @@ training input-bound or model-bound, and by how much.
   python scripts/profile_loader.py --data /tmp/imagenet-sample/train --device cpu --threads 2 \
       --batch-size 64 --seconds 10 --json out.json --plot out.png
 
---tune searches for the fastest loader settings instead (dalimix.tuner): DALI threads, prefetch depth, batch
+--tune searches for the fastest loader settings instead (dalimix.tools.tuner): DALI threads, prefetch depth, batch
 size per rank and, on a GPU, the hardware decoder's share and nvJPEG's memory padding / preallocation, side by
 side within --seconds in all, and prints the best as a train_pipeline(...) call and dalimix-train flags, with
 the gain over the defaults (--threads, --batch-size, --prefetch):
@@ -43,14 +43,14 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dalimix import DaliLoader, MixConfig  # noqa: E402
-from dalimix import tuner  # noqa: E402
-from dalimix.class_names import is_imagenet_wnids, readable_names  # noqa: E402
-from dalimix.dataset import scan_folder  # noqa: E402
-from dalimix.profiling import (Contender, ModelStep, TorchBatchMix, bound_by, dataloader_pids,  # noqa: E402
+from dalimix.tools import tuner  # noqa: E402
+from dalimix.data.class_names import is_imagenet_wnids, readable_names  # noqa: E402
+from dalimix.data.dataset import scan_folder  # noqa: E402
+from dalimix.tools.profiling import (Contender, ModelStep, TorchBatchMix, bound_by, dataloader_pids,  # noqa: E402
                                decoder_path, model_step_rate, pipeline_gpu_memory, torch_threads,
                                torchvision_loader, training_torch_threads)
-from pipelines.imagenet import train_pipeline  # noqa: E402
-from pipelines.profiling import stage_pipeline, stages  # noqa: E402
+from dalimix.pipelines.imagenet import train_pipeline  # noqa: E402
+from dalimix.pipelines.stages import stage_pipeline, stages  # noqa: E402
 from dalimix import native  # noqa: E402
 
 

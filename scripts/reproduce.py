@@ -5,8 +5,7 @@
   python scripts/reproduce.py --data DIR --recipe cpu --output runs/reproduce_cpu        # 2 CPU cores
 
 DIR holds train/ and val/ (one folder per class). Writes table.md, results.json, curves.png and one folder
-per run in --output; see `--help` and docs/BENCHMARKS.md. The logic lives in `dalimix.reproduce`; this
-script only hands it the pipelines (dalimix itself never imports `pipelines`).
+per run in --output; see `--help` and docs/BENCHMARKS.md. The logic lives in `dalimix.reproduce`.
 """
 from __future__ import annotations
 
@@ -15,11 +14,10 @@ from typing import Optional
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Parse `argv` and run the comparison with `pipelines.imagenet`'s train and val pipelines."""
+    """Parse `argv` and run the comparison."""
     from dalimix import reproduce
-    from pipelines.imagenet import train_pipeline, val_pipeline
 
-    return reproduce.main(argv, train_pipeline=train_pipeline, val_pipeline=val_pipeline)
+    return reproduce.main(argv)
 
 
 def cli() -> int:

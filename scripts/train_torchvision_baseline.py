@@ -21,8 +21,8 @@ import torchvision.transforms as T  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dalimix import DaliLoader  # noqa: E402
-from dalimix.engine import param_groups, warmup_cosine  # noqa: E402
-from pipelines.imagenet import train_pipeline, val_pipeline  # noqa: E402
+from dalimix.train import param_groups, warmup_cosine  # noqa: E402
+from dalimix.pipelines.imagenet import train_pipeline, val_pipeline  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dalimix.class_names import imagenet_categories, is_imagenet_wnids, readable_names
+from dalimix.data.class_names import imagenet_categories, is_imagenet_wnids, readable_names
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real ImageNet WordNet IDs at known sorted positions (the first three, a beagle, the last one).

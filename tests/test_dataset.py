@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import make_class_tree, write_solid
-from dalimix.dataset import read_file_list, scan_folder, sniff_problem
-from dalimix.source import FileSource
+from dalimix.data.dataset import read_file_list, scan_folder, sniff_problem
+from dalimix.data.source import FileSource
 
 
 def test_scan_keeps_empty_folders_in_the_class_index(tmp_path):

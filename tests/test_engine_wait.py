@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from dalimix import engine
-from dalimix.distributed import DistContext
+from dalimix import train as engine
+from dalimix.train.distributed import DistContext
 
 BATCHES, BATCH = 12, 4
 
@@ -161,7 +161,7 @@ def test_fit_makes_the_tuning_command_from_a_loader_that_tells_its_settings(tmp_
 def test_curves_have_an_input_wait_panel(tmp_path: Path):
     from PIL import Image
 
-    from dalimix.curves import plot_curves
+    from dalimix.train.curves import plot_curves
 
     rows = [{"epoch": e, "train_loss": 2.0 - e * 0.1, "val_loss": 2.1, "val_top1": 10.0 + e, "val_top5": 30.0,
              "input_wait": w, "input_wait_max": w * 1.5} for e, w in enumerate((0.4, 0.2, 0.05))]

@@ -85,7 +85,7 @@ def _train_erased(root, *, stock, mode, dtype="float32", channels_last=False, co
                   device="cpu"):
     """NCHW float64 images of one epoch and the solid value each would have without erasing."""
     from dalimix import DaliLoader, native
-    from pipelines.imagenet import train_pipeline
+    from dalimix.pipelines.imagenet import train_pipeline
     kw = dict(batch_size=4, crop=24, device=device, num_threads=1, seed=3, dtype=dtype, channels_last=channels_last,
               re_prob=prob, re_mode=mode, re_count=count, flip_prob=0.0)
     if stock:

@@ -303,7 +303,7 @@ def test_mix_works_on_images_without_a_layout():
 
 def test_train_pipeline_native_and_stock_agree(tmp_path):
     from conftest import make_class_tree
-    from pipelines.imagenet import train_pipeline
+    from dalimix.pipelines.imagenet import train_pipeline
     root = make_class_tree(tmp_path / "d", [4, 4, 4])
     cfg = MixConfig(num_classes=3, mode="elem")
     kw = dict(batch_size=6, crop=20, device="cpu", num_threads=1, seed=5, mix=cfg)

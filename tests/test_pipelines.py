@@ -9,8 +9,8 @@ import torch
 
 from conftest import CLASS_COLOURS, decode_ids, make_class_tree, make_id_tree, write_solid
 from dalimix import DaliLoader, MixConfig
-from dalimix.dataset import DecodeError
-from pipelines.imagenet import train_pipeline, val_pipeline
+from dalimix.data.dataset import DecodeError
+from dalimix.pipelines.imagenet import train_pipeline, val_pipeline
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -23,16 +23,16 @@ from torch import nn
 
 from conftest import make_class_tree
 from dalimix import DaliLoader
-from dalimix import engine
-from dalimix.dataset import read_file_list, scan_folder
-from dalimix.distributed import DistContext
+from dalimix import train as engine
+from dalimix.data.dataset import read_file_list, scan_folder
+from dalimix.train.distributed import DistContext
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- 1. classes= is honoured for folder datasets ---------------------------------------------------------------
 def test_val_pipeline_labels_follow_the_given_classes_not_the_folders_found(tmp_path):
-    from pipelines.imagenet import val_pipeline
+    from dalimix.pipelines.imagenet import val_pipeline
 
     val = make_class_tree(tmp_path / "val", [2, 0, 3])  # class_01 has an empty folder: fine
     classes = ["class_02", "class_01", "class_00"]        # the given order, not sorted
@@ -77,7 +77,7 @@ def test_file_list_paths_leaving_the_root_are_refused_unless_allowed(tmp_path):
     ds = read_file_list(lst, data, allow_outside_root=True)
     assert ds.files[1:] == [str(outside), str(data / "../val/class_00/img_000.jpg")] and ds.labels == [0, 0, 0]
     # The pipelines take the same option (and refuse by default).
-    from pipelines.imagenet import val_pipeline
+    from dalimix.pipelines.imagenet import val_pipeline
     with pytest.raises(ValueError, match="leaves the data root"):
         val_pipeline(data, file_list=str(lst), batch_size=2, device="cpu")
     assert val_pipeline(data, file_list=str(lst), batch_size=2, device="cpu", allow_outside_root=True) is not None
@@ -259,7 +259,7 @@ _WORKER = '''
 import os, signal, sys
 import torch
 import torch.distributed as dist
-from dalimix.distributed import init_distributed
+from dalimix.train.distributed import init_distributed
 
 ctx = init_distributed("cpu", timeout_minutes=2)
 how = sys.argv[1]
@@ -347,7 +347,7 @@ BASE = ["--arch", "resnet18", "--device", "cpu", "--threads", "1", "--crop", "32
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from dalimix.synthetic import make_dataset
+    from dalimix.data.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("reliability") / "ds", train_per_class=12, val_per_class=2)
 

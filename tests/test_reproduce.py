@@ -1,4 +1,4 @@
-"""scripts/reproduce.py and its library (dalimix.reproduce, dalimix.preact_resnet) on a tiny generated dataset.
+"""scripts/reproduce.py and its library (dalimix.reproduce, dalimix.reproduce.preact_resnet) on a tiny generated dataset.
 
 PreAct ResNet-18 has the papers' layer shapes and parameter count; the recipes, schedule and table are
 checked directly; end to end, two methods for one epoch write the table, the curves and the JSON, a rerun
@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from dalimix import ManifoldMixup
-from dalimix.preact_resnet import preact_resnet18
+from dalimix.reproduce.preact_resnet import preact_resnet18
 from dalimix import reproduce
 from dalimix.reproduce import (DEFAULT_METHODS, METHODS, RECIPES, Recipe, StepSchedule, build_model,
                                format_table, summarize)
-from dalimix.synthetic import make_dataset
+from dalimix.data.synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
@@ -136,7 +136,7 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def _main(capsys, *args: str) -> tuple[int, str, str]:
     """scripts/reproduce.py's command line in this process: (exit code, stdout, stderr)."""
-    from pipelines.imagenet import train_pipeline, val_pipeline
+    from dalimix.pipelines.imagenet import train_pipeline, val_pipeline
 
     try:
         code = reproduce.main(list(args), train_pipeline=train_pipeline, val_pipeline=val_pipeline)

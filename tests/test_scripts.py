@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dalimix.synthetic import make_dataset
+from dalimix.data.synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_profiler_writes_json_and_png(tiny, tmp_path):
     out_json, out_png = tmp_path / "p.json", tmp_path / "p.png"
-    from dalimix.shard_writer import write_shards
+    from dalimix.data.shard_writer import write_shards
     write_shards(tiny / "train", tmp_path / "shards", shard_size=7, progress=False)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/profile_loader.py"), "--data", str(tiny / "train"),
                            "--shards", str(tmp_path / "shards"),

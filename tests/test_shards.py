@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from conftest import CLASS_COLOURS, decode_ids, make_class_tree, make_id_tree
-from dalimix import DaliLoader, MixConfig, shards
-from dalimix.dataset import DecodeError
-from dalimix.shard_writer import balanced_order, write_shards
-from pipelines.imagenet import train_pipeline, val_pipeline
+from dalimix import DaliLoader, MixConfig
+from dalimix.data import shards
+from dalimix.data.dataset import DecodeError
+from dalimix.data.shard_writer import balanced_order, write_shards
+from dalimix.pipelines.imagenet import train_pipeline, val_pipeline
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
@@ -84,7 +85,7 @@ def test_balanced_order_is_a_seeded_permutation():
 def test_converter_resumes_after_an_interruption(tmp_path, monkeypatch):
     tree = make_class_tree(tmp_path / "tree", [7, 7])
     whole = write_shards(tree, tmp_path / "whole", shard_size=4, progress=False)
-    import dalimix.shard_writer as sw
+    import dalimix.data.shard_writer as sw
     real, calls = sw._add, {"n": 0}
 
     def dying(tar, name, payload):

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalimix import engine
-from dalimix.distributed import DistContext
-from dalimix.synthetic import CLASSES, make_dataset
+from dalimix import train as engine
+from dalimix.train.distributed import DistContext
+from dalimix.data.synthetic import CLASSES, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_imagenet.py"

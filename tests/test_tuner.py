@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalimix import tuner
-from dalimix.synthetic import make_dataset
+from dalimix.tools import tuner
+from dalimix.data.synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ def test_tune_end_to_end_prints_runnable_settings(tiny, tmp_path):
     # The printed call builds a pipeline that delivers batches of the printed size.
     from dalimix import DaliLoader
     from dalimix.spec import PipelineSpec
-    from pipelines.imagenet import train_pipeline
+    from dalimix.pipelines.imagenet import train_pipeline
 
     spec = eval(call[0], {"train_pipeline": train_pipeline})  # noqa: S307 - our own output, checked above
     assert isinstance(spec, PipelineSpec)
@@ -294,9 +294,9 @@ def test_tune_flag_errors(tiny):
     assert proc.returncode == 2 and "--epochs" in proc.stderr
 
 
-# -- what the profiler's report ends with (dalimix.profiling) -----------------------------------------------------
+# -- what the profiler's report ends with (dalimix.tools.profiling) -----------------------------------------------------
 def test_the_verdict_says_which_side_binds_and_by_how_much():
-    from dalimix.profiling import bound_by
+    from dalimix.tools.profiling import bound_by
 
     slow_input = bound_by(300.0, 1200.0, arch="resnet50", device="gpu")
     assert slow_input.startswith("Input-bound") and "4.00x fewer" in slow_input and "~75% of the time" in slow_input
@@ -308,7 +308,7 @@ def test_the_verdict_says_which_side_binds_and_by_how_much():
 
 
 def test_cpu_decoder_path_and_model_step_rate():
-    from dalimix.profiling import decoder_path, model_step_rate
+    from dalimix.tools.profiling import decoder_path, model_step_rate
 
     assert decoder_path("cpu").startswith("cpu: libjpeg-turbo via nvImageCodec ")
     with pytest.raises(ValueError, match="device"):

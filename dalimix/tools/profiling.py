@@ -1,6 +1,6 @@
 """Measuring input pipelines fairly: images/s after warm-up, CPU use, memory, and the baselines.
 
-Used by `scripts/profile_loader.py` and `dalimix.tuner`. Every contender is an iterable of batches;
+Used by `scripts/profile_loader.py` and `dalimix.tools.tuner`. Every contender is an iterable of batches;
 `Contender.run` times a slice of it and reads CPU seconds of this process and of any worker processes from
 /proc, so the ratios it reports are measured side by side on the same machine at the same time. Beside the
 loaders: the model's own training step rate (`model_step_rate`, GPU or CPU) and the one-sentence verdict

@@ -20,8 +20,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from dalimix import validation as V
-from dalimix.dataset import Dataset, read_file_list, scan_folder
-from dalimix.shards import CLASSES_FILE, LABEL_EXT
+from dalimix.data.dataset import Dataset, read_file_list, scan_folder
+from dalimix.data.shards import CLASSES_FILE, LABEL_EXT
 
 PLAN_FILE = ".make-shards-plan.json"
 FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}

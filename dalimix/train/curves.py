@@ -9,7 +9,7 @@ from dalimix.atomic_files import save_figure
 
 __all__ = ["plot_curves"]
 
-WAIT_THRESHOLD = 0.10  # drawn as a dashed line on the input-wait panel (dalimix.engine.INPUT_WAIT_THRESHOLD)
+WAIT_THRESHOLD = 0.10  # drawn as a dashed line on the input-wait panel (dalimix.train.INPUT_WAIT_THRESHOLD)
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "",

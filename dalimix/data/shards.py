@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from dalimix import validation as V
-from dalimix.dataset import IMAGE_EXTENSIONS, sniff_stream
+from dalimix.data.dataset import IMAGE_EXTENSIONS, sniff_stream
 
 CLASSES_FILE = "classes.json"
 INDEX_VERSION = "v1.2"
@@ -324,7 +324,7 @@ class ShardSource:
         member of the rank's range is decoded once; only run after a decode failure)."""
         import numpy as np
 
-        from dalimix.dataset import find_undecodable
+        from dalimix.data.dataset import find_undecodable
         members = {f"{shard}:{name}": (shard, offset, size) for shard, name, offset, size in self.epoch_members(epoch)}
 
         def read(key: str) -> Any:

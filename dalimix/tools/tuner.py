@@ -4,7 +4,7 @@ The search is one pass of coordinate descent. It starts from the defaults (the s
 and takes the knobs in turn: DALI threads, prefetch depth, batch size per rank, and on a GPU the hardware
 JPEG decoder's share (`hw_decoder_load`) and the decoder's memory padding / preallocation. For each knob it
 builds one loader per candidate value (the other knobs at their best so far), measures them side by side
-(a warm-up, then alternating rounds, median of the rounds, as `dalimix.profiling` measures everything) and
+(a warm-up, then alternating rounds, median of the rounds, as `dalimix.tools.profiling` measures everything) and
 keeps a new value only when it beats the current one by more than `margin`: shared machines drift 5-20%,
 and a setting that only wins by noise is no advice. At the end the best settings and the defaults are
 measured side by side once more; that ratio is the gain reported.
@@ -18,7 +18,7 @@ The tuner takes a pipeline factory, `factory(**kwargs) -> PipelineSpec` (e.g.
 (docs/DESIGN.md). Settings are flat (`num_threads`, `prefetch_queue_depth`, `batch_size`, `hw_decoder_load`,
 `device_memory_padding`, ...); the GPU decoder's reach the factory as one `decoder_options` dict, as
 `train_pipeline` takes them (`factory_kwargs`). A knob the factory cannot take is skipped with that reason.
-With a `step` (e.g. `dalimix.profiling.ModelStep`) every batch also goes through a model's training step, so
+With a `step` (e.g. `dalimix.tools.profiling.ModelStep`) every batch also goes through a model's training step, so
 the score is what training would reach, contention for CPU cores between DALI and the model included.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from dalimix.atomic_files import save_figure
-from dalimix.profiling import Contender, cpu_cores
+from dalimix.tools.profiling import Contender, cpu_cores
 
 __all__ = ["Knob", "TuneResult", "search_space", "accepts", "factory_kwargs", "tune", "pipeline_call",
            "train_flags", "format_report", "plot_tuning", "max_image_size", "TRAIN_FLAGS", "DECODER_OPTIONS",

@@ -1,11 +1,11 @@
 """Continuing a training run from a checkpoint: everything it restores, checked against this run.
 
-`Resume.load(path)` reads a checkpoint (plain data only, see `engine.load_checkpoint`). Then:
+`Resume.load(path)` reads a checkpoint (plain data only, see `dalimix.train.checkpoint`). Then:
 - `train_loader(build, ...)` gives the train `DaliLoader` positioned at the next epoch, with the DALI
   augmentation state restored when the data settings match (else a fresh pipeline, with a warning saying
   which setting changed: the file order stays exact, the augmentation draws do not);
 - `restore(model=..., optimizer=..., ...)` restores weights, optimizer, LR schedule (rescaled when the
-  steps per epoch changed), AMP scaler and every rank's RNG, and returns the `TrainState` for `engine.fit`;
+  steps per epoch changed), AMP scaler and every rank's RNG, and returns the `TrainState` for `fit`;
 - `later_work(output)` says what resuming into an output folder whose run went further would lose.
 The pipeline itself is built by the caller's `build(first_epoch, dali_state)` (the library does not import
 `pipelines`), so one object does the whole resume. No pipeline knowledge beyond `PipelineSpec`.
@@ -20,8 +20,11 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from dalimix import engine
-from dalimix.distributed import DistContext
+from dalimix.train.checkpoint import checkpoint_epoch, load_checkpoint
+from dalimix.train.lr_schedule import restore_schedule
+from dalimix.train.rng import set_rng_state
+from dalimix.train.state import TrainState
+from dalimix.train.distributed import DistContext
 from dalimix.loader import DaliLoader
 from dalimix.spec import PipelineSpec
 
@@ -38,15 +41,15 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass
 class Resume:
-    """A checkpoint to continue from (`path`, as `engine.load_checkpoint` returns it in `checkpoint`)."""
+    """A checkpoint to continue from (`path`, as `load_checkpoint` returns it in `checkpoint`)."""
 
     path: str
     checkpoint: dict
 
     @classmethod
     def load(cls, path: str, *, trust: bool = False) -> "Resume":
-        """Read `path`; `engine.CheckpointError` / `FileNotFoundError` name the file and the reason."""
-        return cls(path=path, checkpoint=engine.load_checkpoint(path, trust=trust))
+        """Read `path`; `CheckpointError` / `FileNotFoundError` name the file and the reason."""
+        return cls(path=path, checkpoint=load_checkpoint(path, trust=trust))
 
     @property
     def start_epoch(self) -> int:
@@ -73,7 +76,7 @@ class Resume:
         ahead = []
         latest = os.path.join(output, "checkpoint.pt")
         if os.path.isfile(latest) and not os.path.samefile(latest, self.path):
-            later = engine.checkpoint_epoch(latest)
+            later = checkpoint_epoch(latest)
             if later is not None and later > epoch:
                 ahead.append(f"checkpoint.pt is at epoch {later + 1}")
         try:
@@ -122,8 +125,8 @@ class Resume:
 
     def restore(self, *, model: nn.Module, optimizer: Any, ctx: DistContext, steps_per_epoch: int,
                 scheduler: Any = None, scaler: Any = None, log: Callable[[str], None] = print,
-                prefix: str = "resume", steps_note: str = "") -> engine.TrainState:
-        """Load weights, optimizer, schedule, scaler and RNG; return the state `engine.fit` continues from.
+                prefix: str = "resume", steps_note: str = "") -> TrainState:
+        """Load weights, optimizer, schedule, scaler and RNG; return the state `fit` continues from.
 
         `model` is the bare network (before DDP / ManifoldMixup wrapping). A schedule written with other
         steps per epoch (another batch size or number of ranks) is rescaled to this run's, and `log` says so
@@ -137,7 +140,7 @@ class Resume:
                 from None
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
-            stored = engine.restore_schedule(scheduler, ckpt["scheduler"], epoch=self.start_epoch,
+            stored = restore_schedule(scheduler, ckpt["scheduler"], epoch=self.start_epoch,
                                              steps_per_epoch=steps_per_epoch)
             if stored != self.start_epoch * steps_per_epoch:
                 before = (ckpt.get("run_info") or {}).get("steps_per_epoch") or stored // max(1, self.start_epoch)
@@ -149,8 +152,8 @@ class Resume:
             scaler.load_state_dict(ckpt["scaler"])
         rngs = ckpt.get("rng") or []
         if len(rngs) == ctx.world_size:
-            engine.set_rng_state(rngs[ctx.rank])
+            set_rng_state(rngs[ctx.rank])
         elif ctx.is_main:
             warnings.warn(f"resume: the checkpoint has RNG states of {len(rngs)} rank(s), this run has "
                           f"{ctx.world_size}; model-side random draws will differ", stacklevel=2)
-        return engine.TrainState.from_checkpoint(ckpt)
+        return TrainState.from_checkpoint(ckpt)

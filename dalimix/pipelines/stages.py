@@ -1,0 +1,52 @@
+"""Truncated train graphs for the profiler: each stops after one more stage of the ImageNet train graph.
+
+They run the same `TrainGraph` body as `train_pipeline`, stopped early, so timing them side by side splits
+the loader's time into read, decode+crop, (resize,) augment and mix without drifting from the real graph.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from nvidia.dali import pipeline_def
+
+from dalimix import native
+from dalimix.config import MixConfig
+from dalimix.data.shards import ShardSource
+from dalimix.ops.erasing import ErasingConfig
+from dalimix.pipelines.inputs import READER, make_source, read_samples
+from dalimix.pipelines.options import IMAGENET_MEAN, IMAGENET_STD, device_id_for
+from dalimix.pipelines.train_graph import STAGES, TrainGraph
+from dalimix.spec import PipelineSpec
+
+__all__ = ["stages", "stage_pipeline"]
+
+
+def stages(device: str = "cpu", device_id: Optional[int] = None) -> tuple[str, ...]:
+    """The stages of the train graph on this device: without a separate resize where it is fused."""
+    return STAGES["native" if native.available(device, device_id) else "stock"]
+
+
+def stage_pipeline(data_dir: str | os.PathLike, stage: str, *, batch_size: int, crop: int = 224,
+                   device: str = "cpu", num_threads: int = 4, seed: int = 0, mix: Optional[MixConfig] = None,
+                   device_id: Optional[int] = None, dtype: str = "float32") -> PipelineSpec:
+    """The train graph up to and including `stage` (one of `stages(device)`); outputs one tensor batch.
+    `data_dir` is a folder tree or tar shards, as for `train_pipeline`."""
+    dev = device_id_for(device, device_id)
+    if stage not in stages(device, dev):
+        raise ValueError(f"stage must be one of {stages(device, dev)}, got {stage!r}")
+    source = make_source(data_dir, file_list=None, verify=True, classes=None, allow_outside_root=False,
+                         batch_size=batch_size, shard_id=0, num_shards=1, train=True, seed=seed, first_epoch=0,
+                         max_batches=None)
+    body = TrainGraph(crop=crop, device=device, device_id=dev, mix=mix or MixConfig(num_classes=max(len(source.classes), 1)),
+                      scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob=0.5, dtype=dtype, layout="CHW",
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias=False, erasing=ErasingConfig())
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev, seed=seed)
+    def graph():
+        data, labels = read_samples(source, train=True, seed=seed)
+        return body(data, labels, stop=stage)
+
+    return PipelineSpec(pipeline=graph(), outputs=("images", "targets"), source=source, last_batch="drop",
+                        layout="CHW", classes=list(source.classes), settings=body.describe(),
+                        reader_name=READER if isinstance(source, ShardSource) else None)
