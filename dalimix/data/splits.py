@@ -30,7 +30,8 @@ def split_classes(root: str, splits: Sequence[str] = SPLITS) -> list[str]:
             raise V.ArgumentError("data", msg)
 
     need(os.path.exists(root), f"dataset folder {root!r} does not exist")
-    need(os.path.isdir(root), f"{root!r} is not a directory (expected a folder holding {' and '.join(s + '/' for s in splits)})")
+    holding = " and ".join(s + "/" for s in splits)
+    need(os.path.isdir(root), f"{root!r} is not a directory (expected a folder holding {holding})")
     for split in splits:
         path = os.path.join(root, split)
         need(os.path.exists(path), f"{path!r} does not exist (expected {split}/ with one folder per class)")

@@ -117,16 +117,30 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
         enabled = fn.cast(_ones_like(labels), dtype=types.BOOL)
     draws = mix_draws(config, labels)
     if native.available("gpu" if on_gpu else "cpu"):
-        partner, kind, lam, box, targets = native_mix_params(config, labels, draws, enabled,
-                                                             shapes=images.shape(device="cpu"), layout=layout)
-        keep_float = {"dtype": types.FLOAT} if finish is not None else {}  # else the input's type
-        out = fn.dalimix.resample_mix(images, partner=partner, kind=kind, weight=lam, box=box, input_layout=layout,
-                                      output_layout=layout, device="gpu" if on_gpu else "cpu", **keep_float)
-        if finish is not None:
-            out = finish(out, lambda node: node)
-        targets = targets.gpu() if on_gpu else targets
-        return (out, targets, lam) if return_lam else (out, targets)
+        out, targets, lam = _native_mix(images, labels, config, layout, enabled, draws, finish, on_gpu)
+    else:
+        out, targets, lam = _stock_mix(images, labels, config, layout, enabled, draws, finish, on_gpu)
+    targets = targets.gpu() if on_gpu else targets
+    return (out, targets, lam) if return_lam else (out, targets)
 
+
+def _native_mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str, enabled: DataNode,
+                draws: tuple[DataNode, DataNode, DataNode], finish: Any, on_gpu: bool) -> tuple[DataNode, ...]:
+    """(images, targets, lam) from the native parameter step and the fused operator."""
+    partner, kind, lam, box, targets = native_mix_params(config, labels, draws, enabled,
+                                                         shapes=images.shape(device="cpu"), layout=layout)
+    keep_float = {"dtype": types.FLOAT} if finish is not None else {}  # else the input's type
+    out = fn.dalimix.resample_mix(images, partner=partner, kind=kind, weight=lam, box=box, input_layout=layout,
+                                  output_layout=layout, device="gpu" if on_gpu else "cpu", **keep_float)
+    if finish is not None:
+        out = finish(out, lambda node: node)
+    return out, targets, lam
+
+
+def _stock_mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str, enabled: DataNode,
+               draws: tuple[DataNode, DataNode, DataNode], finish: Any, on_gpu: bool) -> tuple[DataNode, ...]:
+    """(images, targets, lam) from the NumPy parameter step and stock DALI operators, each sample going down
+    only the branch it drew."""
     images = fn.reshape(images, layout=layout)  # branches must agree on a layout when they merge
     shapes = images.shape(device="cpu")
     partner, is_mixup, is_cutmix, weight, anchors, sizes, targets = fn.python_function(
@@ -165,11 +179,7 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     rest = _merge(pasted, none_x, rest_cut)
     if finish is not None:
         rest = finish(rest, lambda node: _split(node, is_mixup)[1])
-    out = _merge(blended, rest, is_mixup)
-    targets = targets.gpu() if on_gpu else targets
-    if return_lam:
-        return out, targets, lam
-    return out, targets
+    return _merge(blended, rest, is_mixup), targets, lam
 
 
 def mix_draws(config: MixConfig, labels: DataNode) -> tuple[DataNode, DataNode, DataNode]:

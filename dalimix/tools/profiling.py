@@ -181,23 +181,22 @@ class TorchBatchMix:
 
 
 class ModelStep:
-    """One training step of a torchvision classifier on a batch (forward, backward, SGD step): the consumer a
-    loader has to keep fed. Call it with `(images, targets)`; returns the batch size. Targets may be int labels
-    or soft targets (scored against their argmax). On the GPU each step ends with a synchronisation, so that a
-    timed slice of steps holds all of their work.
+    """One training step of a classifier on a batch (forward, backward, SGD step): the consumer a loader has
+    to keep fed. The network is built as training builds it (`dalimix.train.models.build_model`: any model
+    `dalimix-train --arch` takes). Call it with `(images, targets)`; returns the batch size. Targets may be
+    int labels or soft targets (scored against their argmax). On the GPU each step ends with a
+    synchronisation, so that a timed slice of steps holds all of their work.
     """
 
     def __init__(self, arch: str = "resnet50", *, device: str = "gpu", num_classes: int = 1000,
-                 amp: Optional[bool] = None, channels_last: Optional[bool] = None):
-        import torchvision
+                 amp: Optional[bool] = None, channels_last: Optional[bool] = None, crop: int = 224):
+        from dalimix.train.models import build_model
+
         if device not in ("gpu", "cpu"):
             raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
         if device == "gpu" and not torch.cuda.is_available():
             raise ValueError("device='gpu': no CUDA GPU is visible")
-        try:
-            model = torchvision.models.get_model(arch, num_classes=num_classes)
-        except ValueError as exc:
-            raise ValueError(f"arch: unknown torchvision model {arch!r}") from exc
+        model = build_model(arch, num_classes, crop=crop)
         self.device = torch.device("cuda" if device == "gpu" else "cpu")
         self.amp = (device == "gpu") if amp is None else bool(amp)
         self.channels_last = (device == "gpu") if channels_last is None else bool(channels_last)
@@ -262,7 +261,7 @@ def model_step_rate(arch: str = "resnet50", *, batch_size: int, crop: int, steps
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    step = ModelStep(arch, device=device, amp=amp, channels_last=channels_last)
+    step = ModelStep(arch, device=device, amp=amp, channels_last=channels_last, crop=crop)
     x = torch.randn(batch_size, 3, crop, crop, device=step.device)
     y = torch.randint(0, 1000, (batch_size,), device=step.device)
     with torch_threads(threads if device == "cpu" else None):

@@ -311,144 +311,179 @@ def tune(factory: Callable[..., Any], knobs: Sequence[Knob], *, seconds: float =
         make_loader = DaliLoader
     from tqdm import tqdm
 
-    t_start = time.perf_counter()
-    deadline = t_start + seconds
-    search = _Search(factory, make_loader, step, setup)
-    result = TuneResult(defaults={}, best={}, default_rate=float("nan"), best_rate=float("nan"), side_by_side=False,
-                        budget=seconds, consumer=consumer)
-    usable = []
-    for knob in knobs:
-        missing = sorted({"decoder_options" if k in DECODER_OPTIONS else k for k in knob.keywords
-                          if not accepts(factory, k)})
-        if missing:
-            result.skipped[knob.name] = f"the pipeline factory takes no {', '.join(missing)} argument"
-        else:
-            usable.append(knob)
-    defaults: dict[str, Any] = {}
-    for knob in usable:
-        defaults.update(knob.default)
-    result.defaults = dict(defaults)
-    best = dict(defaults)
-    stages = [k for k in usable if len(k.candidates) > 1]
-    for knob in usable:
-        if len(knob.candidates) == 1:
-            result.chosen[knob.name] = knob.label(knob.default)
-    if not stages:
-        raise ValueError("nothing to tune: every knob was skipped or has a single candidate "
-                         f"({'; '.join(f'{k}: {v}' for k, v in result.skipped.items()) or 'no knobs'})")
     if progress and log is print:
         log = tqdm.write  # lines above the progress bar, not through it
-    default_rate: Optional[float] = None
-    total_slices = repeats * (sum(len(k.candidates) for k in stages) + 2)
-    bar = tqdm(total=total_slices, desc="tuning", disable=not progress, leave=False)
-
+    tuning = _Tuning(_Search(factory, make_loader, step, setup), seconds=seconds, repeats=repeats, margin=margin,
+                     consumer=consumer, log=log)
+    stages = tuning.plan(factory, knobs)
+    tuning.bar = tqdm(total=repeats * (sum(len(k.candidates) for k in stages) + 2), desc="tuning",
+                      disable=not progress, leave=False)
     for i, knob in enumerate(stages):
+        tuning.stage(knob, units=sum(len(k.candidates) for k in stages[i:]) + 2, first=i == 0)
+    tuning.finish(stages)
+    return tuning.result
+
+
+class _Tuning:
+    """One run of `tune`: the budget, the best settings so far, and the result being filled in."""
+
+    def __init__(self, search: _Search, *, seconds: float, repeats: int, margin: float, consumer: str,
+                 log: Callable[[str], None]):
+        self.search, self.repeats, self.margin, self.log = search, repeats, margin, log
+        self.t_start = time.perf_counter()
+        self.deadline = self.t_start + seconds
+        self.seconds = seconds
+        self.result = TuneResult(defaults={}, best={}, default_rate=float("nan"), best_rate=float("nan"),
+                                 side_by_side=False, budget=seconds, consumer=consumer)
+        self.defaults: dict[str, Any] = {}
+        self.best: dict[str, Any] = {}
+        self.default_rate: Optional[float] = None
+        self.bar: Any = None
+
+    def plan(self, factory: Callable[..., Any], knobs: Sequence[Knob]) -> list[Knob]:
+        """The knobs to search (those the factory takes, with more than one candidate); sets the defaults."""
+        usable = []
+        for knob in knobs:
+            missing = sorted({"decoder_options" if k in DECODER_OPTIONS else k for k in knob.keywords
+                              if not accepts(factory, k)})
+            if missing:
+                self.result.skipped[knob.name] = f"the pipeline factory takes no {', '.join(missing)} argument"
+            else:
+                usable.append(knob)
+        for knob in usable:
+            self.defaults.update(knob.default)
+        self.result.defaults, self.best = dict(self.defaults), dict(self.defaults)
+        for knob in usable:
+            if len(knob.candidates) == 1:
+                self.result.chosen[knob.name] = knob.label(knob.default)
+        stages = [k for k in usable if len(k.candidates) > 1]
+        if not stages:
+            raise ValueError("nothing to tune: every knob was skipped or has a single candidate "
+                             f"({'; '.join(f'{k}: {v}' for k, v in self.result.skipped.items()) or 'no knobs'})")
+        return stages
+
+    def stage(self, knob: Knob, *, units: int, first: bool) -> None:
+        """Measure `knob`'s candidates side by side (the others at their best) and keep the winner."""
         now = time.perf_counter()
         weight = len(knob.candidates)
-        units = sum(len(k.candidates) for k in stages[i:]) + 2  # + the final defaults-vs-best round
-        share = max(0.0, deadline - now) * weight / units
-        current = {k: best[k] for k in knob.keywords if k in best}
+        share = max(0.0, self.deadline - now) * weight / units  # + the final defaults-vs-best round in units
+        current = {k: self.best[k] for k in knob.keywords if k in self.best}
         cands = [dict(c) for c in knob.candidates]
         current_cand = next((c for c in cands if c == current), dict(knob.default))
         # Builds are the floor of a stage's cost (the current settings are built already): skip the knob
         # when even they no longer fit in what is left.
-        if i > 0 and search.build_cost * (weight - 1) > max(0.0, deadline - now) - 2 * repeats * 0.05:
-            result.skipped[knob.name] = f"the budget ({seconds:g} s) was spent"
-            result.chosen[knob.name] = knob.label(current_cand)
-            bar.update(repeats * weight)
-            continue
+        left = max(0.0, self.deadline - now) - 2 * self.repeats * 0.05
+        if not first and self.search.build_cost * (weight - 1) > left:
+            self.result.skipped[knob.name] = f"the budget ({self.seconds:g} s) was spent"
+            self.result.chosen[knob.name] = knob.label(current_cand)
+            self.bar.update(self.repeats * weight)
+            return
+        runnable = self._measure(knob, cands, current_cand, share)
+        rates = self._rates(knob, runnable)
+        current_rate = rates[[c for c, _ in runnable].index(current_cand)]
+        if self.default_rate is None:
+            settings = [s for _, s in runnable]
+            self.default_rate = rates[settings.index(self.defaults)] if self.defaults in settings else current_rate
+        top = int(np.argmax(rates))
+        winner = runnable[top][0] if rates[top] > current_rate * (1.0 + self.margin) else current_cand
+        self.best = _merge(self.best, knob, winner)
+        self.result.chosen[knob.name] = knob.label(winner)
+        self.log(f"  {knob.name}: " + ", ".join(f"{knob.label(c)} {r:.0f}" for (c, _), r in zip(runnable, rates))
+                 + f" img/s -> {knob.label(winner)}")
+        self.search.close_except([self.best, self.defaults])
+
+    def _drop(self, knob: Knob, cand: dict, current_cand: dict, settings: dict, exc: Exception,
+              slices_left: int) -> None:
+        """Record a candidate that failed and close its loader; the current settings must run."""
+        if cand == current_cand:
+            raise RuntimeError(f"the current settings {settings} do not run: {exc}") from exc
+        failed = self.search.alive.pop(_key(settings), None)
+        if failed is not None:
+            failed.close()
+        # A setting the data or the builder refuses (ValueError) is not applicable; others failed.
+        note = f"not applicable: {exc}" if isinstance(exc, (_Unfit, ValueError)) else \
+            f"failed: {type(exc).__name__}: {exc}"
+        self.result.trials.append({"knob": knob.name, "label": knob.label(cand), "settings": settings,
+                                   "images_per_sec": None, "runs": [], "note": note})
+        self.bar.update(slices_left)
+
+    def _measure(self, knob: Knob, cands: list[dict], current_cand: dict, share: float) -> list[tuple[dict, dict]]:
+        """Warm every candidate, then alternate timed slices within `share` seconds; returns those that ran."""
         stage_t0 = time.perf_counter()
         runnable: list[tuple[dict, dict]] = []  # (candidate, settings)
-
-        def drop(cand: dict, settings: dict, exc: Exception, slices_left: int) -> None:
-            """Record a candidate that failed and close its loader; the current settings must run."""
-            if cand == current_cand:
-                raise RuntimeError(f"the current settings {settings} do not run: {exc}") from exc
-            failed = search.alive.pop(_key(settings), None)
-            if failed is not None:
-                failed.close()
-            # A setting the data or the builder refuses (ValueError) is not applicable; others failed.
-            note = f"not applicable: {exc}" if isinstance(exc, (_Unfit, ValueError)) else \
-                f"failed: {type(exc).__name__}: {exc}"
-            result.trials.append({"knob": knob.name, "label": knob.label(cand), "settings": settings,
-                                  "images_per_sec": None, "runs": [], "note": note})
-            bar.update(slices_left)
-
         for cand in cands:
-            settings = _merge(best, knob, cand)
+            settings = _merge(self.best, knob, cand)
             try:
-                search.warm(settings)
+                self.search.warm(settings)
                 runnable.append((cand, settings))
             except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the search
-                drop(cand, settings, exc, repeats)
-        first = {id(search.contender(s)): len(search.contender(s).samples) for _, s in runnable}
-        slices = repeats * len(runnable)
-        for r in range(repeats):
+                self._drop(knob, cand, current_cand, settings, exc, self.repeats)
+        self._first = {id(self.search.contender(s)): len(self.search.contender(s).samples) for _, s in runnable}
+        slices = self.repeats * len(runnable)
+        for r in range(self.repeats):
             order = runnable if r % 2 == 0 else runnable[::-1]  # alternate so drift hits everyone alike
             for cand, settings in list(order):
                 left = share - (time.perf_counter() - stage_t0)
                 try:
-                    search.contender(settings).run(seconds=max(0.0, left / max(1, slices)), skip=_depth(settings))
+                    self.search.contender(settings).run(seconds=max(0.0, left / max(1, slices)),
+                                                        skip=_depth(settings))
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory at a larger batch
                     runnable.remove((cand, settings))
-                    drop(cand, settings, exc, repeats - r)
-                    slices -= repeats - r
+                    self._drop(knob, cand, current_cand, settings, exc, self.repeats - r)
+                    slices -= self.repeats - r
                     continue
                 slices -= 1
-                bar.update()
+                self.bar.update()
+        return runnable
+
+    def _rates(self, knob: Knob, runnable: list[tuple[dict, dict]]) -> list[float]:
+        """The median rate of each runnable candidate over this stage's slices, recorded as trials."""
         rates = []
         for cand, settings in runnable:
-            c = search.contender(settings)
-            runs = [s.images_per_sec for s in c.samples[first[id(c)]:]]
+            c = self.search.contender(settings)
+            runs = [s.images_per_sec for s in c.samples[self._first[id(c)]:]]
             rate = float(np.median(runs))
             rates.append(rate)
-            result.trials.append({"knob": knob.name, "label": knob.label(cand), "settings": settings,
-                                  "images_per_sec": round(rate, 1), "runs": [round(v, 1) for v in runs], "note": ""})
-        current_rate = rates[[c for c, _ in runnable].index(current_cand)]
-        if default_rate is None:
-            default_rate = rates[[s for _, s in runnable].index(defaults)] if defaults in [s for _, s in runnable] \
-                else current_rate
-        top = int(np.argmax(rates))
-        winner = runnable[top][0] if rates[top] > current_rate * (1.0 + margin) else current_cand
-        best = _merge(best, knob, winner)
-        result.chosen[knob.name] = knob.label(winner)
-        log(f"  {knob.name}: " + ", ".join(f"{knob.label(c)} {r:.0f}" for (c, _), r in zip(runnable, rates))
-            + f" img/s -> {knob.label(winner)}")
-        search.close_except([best, defaults])
+            self.result.trials.append({"knob": knob.name, "label": knob.label(cand), "settings": settings,
+                                       "images_per_sec": round(rate, 1), "runs": [round(v, 1) for v in runs],
+                                       "note": ""})
+        return rates
 
-    result.best = dict(best)
-    if best != defaults:
-        # The final word: the best settings and the defaults side by side, in the time that is left.
-        pair = [defaults, best]
-        marks = {id(search.contender(s)): len(search.contender(s).samples) for s in pair}
-        slices = 2 * repeats
-        for r in range(repeats):
-            for settings in (pair if r % 2 == 0 else pair[::-1]):
-                left = deadline - time.perf_counter()
-                search.contender(settings).run(seconds=max(0.0, left / max(1, slices)), skip=_depth(settings))
-                slices -= 1
-                bar.update()
-        runs = {name: [s.images_per_sec for s in search.contender(s).samples[marks[id(search.contender(s))]:]]
-                for name, s in zip(("defaults", "best"), pair)}
-        result.final_runs = {k: [round(v, 1) for v in vs] for k, vs in runs.items()}
-        result.default_rate = float(np.median(runs["defaults"]))
-        result.best_rate = float(np.median(runs["best"]))
-        result.side_by_side = True
-        if result.best_rate <= result.default_rate * (1.0 + margin):
-            # The stages' winners do not beat the defaults side by side: advise no change.
-            result.unconfirmed, result.unconfirmed_rate = dict(best), result.best_rate
-            result.best, result.best_rate = dict(defaults), result.default_rate
-            for knob in stages:
-                result.chosen[knob.name] = knob.label(next((dict(c) for c in knob.candidates
-                                                            if all(defaults.get(k) == v for k, v in c.items())),
-                                                           dict(knob.default)))
-    else:  # the defaults won every stage: their rate is the first stage's
-        result.default_rate = result.best_rate = float(default_rate)
-        bar.update(2 * repeats)
-    bar.close()
-    search.close_except([])
-    result.seconds = time.perf_counter() - t_start
-    return result
+    def finish(self, stages: Sequence[Knob]) -> None:
+        """The final word: the best settings and the defaults side by side, in the time that is left."""
+        result, defaults, best = self.result, self.defaults, self.best
+        result.best = dict(best)
+        if best != defaults:
+            pair = [defaults, best]
+            marks = {id(self.search.contender(s)): len(self.search.contender(s).samples) for s in pair}
+            slices = 2 * self.repeats
+            for r in range(self.repeats):
+                for settings in (pair if r % 2 == 0 else pair[::-1]):
+                    left = self.deadline - time.perf_counter()
+                    self.search.contender(settings).run(seconds=max(0.0, left / max(1, slices)),
+                                                        skip=_depth(settings))
+                    slices -= 1
+                    self.bar.update()
+            contenders = {name: self.search.contender(s) for name, s in zip(("defaults", "best"), pair)}
+            runs = {name: [x.images_per_sec for x in c.samples[marks[id(c)]:]] for name, c in contenders.items()}
+            result.final_runs = {k: [round(v, 1) for v in vs] for k, vs in runs.items()}
+            result.default_rate = float(np.median(runs["defaults"]))
+            result.best_rate = float(np.median(runs["best"]))
+            result.side_by_side = True
+            if result.best_rate <= result.default_rate * (1.0 + self.margin):
+                # The stages' winners do not beat the defaults side by side: advise no change.
+                result.unconfirmed, result.unconfirmed_rate = dict(best), result.best_rate
+                result.best, result.best_rate = dict(defaults), result.default_rate
+                for knob in stages:
+                    result.chosen[knob.name] = knob.label(next((dict(c) for c in knob.candidates
+                                                                if all(defaults.get(k) == v for k, v in c.items())),
+                                                               dict(knob.default)))
+        else:  # the defaults won every stage: their rate is the first stage's
+            result.default_rate = result.best_rate = float(self.default_rate)
+            self.bar.update(2 * self.repeats)
+        self.bar.close()
+        self.search.close_except([])
+        result.seconds = time.perf_counter() - self.t_start
 
 
 def pipeline_call(data_dir: str, settings: Mapping[str, Any], fixed: Mapping[str, Any] = (),

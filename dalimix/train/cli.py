@@ -179,7 +179,8 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     need(0 <= a.momentum < 1, "--momentum", f"must be in [0, 1), got {a.momentum}")
     need(a.weight_decay >= 0, "--weight-decay", f"must be >= 0, got {a.weight_decay}")
     need(a.warmup_epochs >= 0, "--warmup-epochs", f"must be >= 0, got {a.warmup_epochs}")
-    need(a.warmup_epochs <= a.epochs, "--warmup-epochs", f"must not exceed --epochs ({a.epochs}), got {a.warmup_epochs}")
+    need(a.warmup_epochs <= a.epochs, "--warmup-epochs",
+         f"must not exceed --epochs ({a.epochs}), got {a.warmup_epochs}")
     need(a.clip_grad is None or a.clip_grad > 0, "--clip-grad", f"must be > 0, got {a.clip_grad}")
     need(a.seed is None or a.seed >= 0, "--seed", f"must be >= 0, got {a.seed}")
     need(a.mixup_off_epoch is None or a.mixup_off_epoch >= 0, "--mixup-off-epoch",
@@ -211,7 +212,8 @@ def _decoder_options(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict:
     if a.decoder_preallocate is not None:
         if min(a.decoder_preallocate) < 1:
             p.error(f"--decoder-preallocate: must be >= 1, got {a.decoder_preallocate}")
-        options.update(preallocate_width_hint=a.decoder_preallocate[0], preallocate_height_hint=a.decoder_preallocate[1])
+        options.update(preallocate_width_hint=a.decoder_preallocate[0],
+                       preallocate_height_hint=a.decoder_preallocate[1])
     if options and a.device != "gpu":
         p.error("--hw-decoder-load/--decoder-memory-padding/--decoder-preallocate: tune the GPU decoder; they need "
                 "--device gpu")

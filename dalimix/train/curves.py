@@ -24,55 +24,16 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
     """
     import matplotlib
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
-    del plt  # pyplot is not needed: a bare Figure keeps no global state between calls
+    # A bare Figure (no pyplot) keeps no global state between calls.
     fig = Figure(figsize=(14, 4), dpi=100)
     ax_loss, ax_acc, ax_wait = fig.subplots(1, 3)
     epochs = [int(r["epoch"]) + 1 for r in history]
-
-    def series(key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
-        pts = [(e, float(r[key]) * scale) for e, r in zip(epochs, history)
-               if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
     marker = "o" if len(epochs) <= 30 else None
-    for key, label in (("train_loss", "train (mixed targets)"), ("val_loss", "val")):
-        x, y = series(key)
-        if x:
-            ax_loss.plot(x, y, marker=marker, label=label)
-    losses = [v for line in ax_loss.get_lines() for v in line.get_ydata() if math.isfinite(v)]
-    if losses and min(losses) > 0 and max(losses) / min(losses) > 30:
-        ax_loss.set_yscale("log")  # one diverged epoch must not flatten the rest of the curve
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy loss")
-    ax_loss.set_title("loss")
-    for key, label in (("val_top1", "val top-1"), ("val_top5", "val top-5")):
-        x, y = series(key)
-        if x:
-            ax_acc.plot(x, y, marker=marker, label=label)
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)")
-    ax_acc.set_ylim(0, 100)
-    ax_acc.set_title("validation accuracy")
-
-    waits = series("input_wait", 100.0)
-    worst = series("input_wait_max", 100.0)
-    if waits[0]:
-        ax_wait.plot(*waits, marker=marker, label="mean over ranks")
-        if worst[0] and worst[1] != waits[1]:
-            ax_wait.plot(*worst, marker=marker, linestyle=":", label="worst rank")
-    else:
-        ax_wait.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax_wait.transAxes,
-                     color="grey")
-    ax_wait.axhline(100.0 * wait_threshold, color="#c44e52", linestyle="--", linewidth=1,
-                    label=f"{wait_threshold:.0%}: tune the loader")
-    top = max([100.0 * wait_threshold * 2] + waits[1] + worst[1])
-    ax_wait.set_ylim(0, min(100.0, top * 1.15))
-    ax_wait.set_xlabel("epoch")
-    ax_wait.set_ylabel("% of training time")
-    ax_wait.set_title("waiting for input")
+    _loss_panel(ax_loss, history, epochs, marker)
+    _accuracy_panel(ax_acc, history, epochs, marker)
+    _wait_panel(ax_wait, history, epochs, marker, wait_threshold)
     for ax in (ax_loss, ax_acc, ax_wait):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -84,3 +45,53 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike,
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _series(history: Sequence[Mapping[str, float]], epochs: list[int], key: str,
+            scale: float = 1.0) -> tuple[list[int], list[float]]:
+    """(epochs, values) of the rows where `key` holds a finite number."""
+    pts = [(e, float(r[key]) * scale) for e, r in zip(epochs, history)
+           if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _loss_panel(ax, history, epochs, marker) -> None:
+    for key, label in (("train_loss", "train (mixed targets)"), ("val_loss", "val")):
+        x, y = _series(history, epochs, key)
+        if x:
+            ax.plot(x, y, marker=marker, label=label)
+    losses = [v for line in ax.get_lines() for v in line.get_ydata() if math.isfinite(v)]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 30:
+        ax.set_yscale("log")  # one diverged epoch must not flatten the rest of the curve
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title("loss")
+
+
+def _accuracy_panel(ax, history, epochs, marker) -> None:
+    for key, label in (("val_top1", "val top-1"), ("val_top5", "val top-5")):
+        x, y = _series(history, epochs, key)
+        if x:
+            ax.plot(x, y, marker=marker, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("validation accuracy")
+
+
+def _wait_panel(ax, history, epochs, marker, wait_threshold: float) -> None:
+    waits = _series(history, epochs, "input_wait", 100.0)
+    worst = _series(history, epochs, "input_wait_max", 100.0)
+    if waits[0]:
+        ax.plot(*waits, marker=marker, label="mean over ranks")
+        if worst[0] and worst[1] != waits[1]:
+            ax.plot(*worst, marker=marker, linestyle=":", label="worst rank")
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.axhline(100.0 * wait_threshold, color="#c44e52", linestyle="--", linewidth=1,
+               label=f"{wait_threshold:.0%}: tune the loader")
+    top = max([100.0 * wait_threshold * 2] + waits[1] + worst[1])
+    ax.set_ylim(0, min(100.0, top * 1.15))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("% of training time")
+    ax.set_title("waiting for input")

@@ -228,7 +228,8 @@ def make_loaders(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] =
 def build_run(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] = None,
               resume_settings: Mapping[str, Any] = (), resume_prefix: str = "resume",
               run_info: Optional[Mapping[str, Any]] = None, steps_note: str = "",
-              log: Callable[[str], None] = print, factories: Optional[tuple[Callable[..., Any], Callable[..., Any]]] = None) -> Run:
+              log: Callable[[str], None] = print,
+              factories: Optional[tuple[Callable[..., Any], Callable[..., Any]]] = None) -> Run:
     """Everything `cfg` describes, built on `ctx`'s device, continuing from `resume` when given.
 
     `resume_settings` are this run's values of `dalimix.train.resume.DATA_SETTINGS` (the DALI augmentation
