@@ -1,6 +1,7 @@
 """The mixing options, with timm's names and semantics, checked once at construction."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -29,7 +30,7 @@ class MixConfig:
     mode: str = "batch"
     correct_lam: bool = True
     label_smoothing: float = 0.1
-    num_classes: int = 1000
+    num_classes: Optional[int] = None  # None: the pipeline's class count (train_pipeline fills it in)
 
     def __post_init__(self) -> None:
         for name in ("mixup_alpha", "cutmix_alpha"):
@@ -38,7 +39,8 @@ class MixConfig:
             V.probability(name, getattr(self, name), label=f"MixConfig.{name}")
         V.one_of("mode", self.mode, MODES, label="MixConfig.mode")
         V.below_one("label_smoothing", self.label_smoothing, label="MixConfig.label_smoothing")
-        V.positive_int("num_classes", self.num_classes, label="MixConfig.num_classes")
+        if self.num_classes is not None:
+            V.positive_int("num_classes", self.num_classes, label="MixConfig.num_classes")
         if self.cutmix_minmax is not None:
             mm = self.cutmix_minmax
             if (not isinstance(mm, (tuple, list)) or len(mm) != 2
@@ -47,6 +49,23 @@ class MixConfig:
                                                        f"0 < min <= max <= 1, got {mm!r}")
             object.__setattr__(self, "cutmix_minmax", (float(mm[0]), float(mm[1])))
         V.flag("correct_lam", self.correct_lam, label="MixConfig.correct_lam")
+
+    def with_classes(self, count: int) -> "MixConfig":
+        """This config for a dataset of `count` classes: `num_classes` filled in when it was left to the
+        data; an explicit value smaller than `count` is an error naming it."""
+        if self.num_classes is None:
+            return dataclasses.replace(self, num_classes=int(count))
+        if self.num_classes < count:
+            raise V.ArgumentError("num_classes", f"MixConfig.num_classes={self.num_classes} is smaller than the "
+                                                 f"{count} classes of the data")
+        return self
+
+    def require_classes(self, where: str) -> int:
+        """`num_classes`, or an error saying it must be given where no dataset tells it (`where`)."""
+        if self.num_classes is None:
+            raise V.ArgumentError("num_classes", f"{where}: MixConfig.num_classes is None; give the class count "
+                                                 f"(train_pipeline fills it in from the data)")
+        return self.num_classes
 
     @property
     def mixup_on(self) -> bool:

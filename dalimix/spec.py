@@ -30,6 +30,7 @@ class PipelineSpec:
     reader_name: the DALI reader that defines the epoch (tar shards), else None (dalimix's file source).
     checkpointing: whether the pipeline keeps DALI checkpoints (`DaliLoader.checkpoint()`).
     settings: the builder's settings in words, for error messages.
+    output_dtype: "bfloat16" where the loader converts the images (DALI writes no bfloat16), else None.
     """
 
     pipeline: Any
@@ -42,6 +43,7 @@ class PipelineSpec:
     checkpointing: bool = False
     settings: str = ""
     reader_name: Optional[str] = None
+    output_dtype: Optional[str] = None  # images converted by the loader to this dtype (DALI does not write it)
 
     def __post_init__(self) -> None:
         if self.last_batch not in LAST_BATCH:

@@ -71,6 +71,15 @@ class FileSource:
         self.read_ahead = int(read_ahead)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[tuple[int, int], Future] = {}
+        self._cut: set[int] = set()
+
+    def cut(self, epoch: int) -> None:
+        """End dataset epoch `epoch` early: its batches not yet asked for are not made (a loader whose epoch
+        was left, or whose prepared batches are stale, ends it without reading the rest)."""
+        self._cut.add(int(epoch))
+
+    def uncut(self, epoch: int) -> None:
+        self._cut.discard(int(epoch))
 
     def _range(self, shard: int) -> tuple[int, int]:
         n = len(self.files)
@@ -117,7 +126,7 @@ class FileSource:
     def __call__(self, info: Any) -> tuple[list[np.ndarray], np.ndarray]:
         epoch = self.epoch_of(info)
         it = int(info.iteration)
-        if it >= self.own_batches:
+        if it >= self.own_batches or epoch in self._cut:
             raise StopIteration
         labels = self.labels[self.batch_indices(epoch, it)]
         if self.read_ahead <= 0:
@@ -138,5 +147,5 @@ class FileSource:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_pool"], state["_pending"] = None, {}
+        state["_pool"], state["_pending"], state["_cut"] = None, {}, set()
         return state

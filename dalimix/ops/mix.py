@@ -102,6 +102,7 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
         raise ValueError(f"config must be a dalimix.MixConfig, got {type(config).__name__}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    config.require_classes("mix")
     on_gpu = getattr(images, "device", "cpu") == "gpu"
 
     if not config.mixing:

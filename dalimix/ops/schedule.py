@@ -21,14 +21,18 @@ class MixSchedule:
     def __init__(self, source: Any, off_epoch: Optional[int] = None):
         self._source = source
         self._changes: list[tuple[int, bool]] = []
+        self.drawn: set[int] = set()  # epochs whose batches have asked already (recent ones)
         if V.optional_epoch("mix_off_epoch", off_epoch) is not None:
             self.set(False, from_epoch=off_epoch)
 
-    def set(self, enabled: bool, from_epoch: int) -> None:
-        """Mix (or not) in every epoch from `from_epoch` on; batches already drawn are unaffected."""
+    def set(self, enabled: bool, from_epoch: int) -> set[int]:
+        """Mix (or not) in every epoch from `from_epoch` on; batches already drawn are unaffected. Returns
+        the epochs that already drew batches and now mix otherwise (their drawn batches are stale)."""
         if V.optional_epoch("from_epoch", from_epoch) is None:
             raise V.ArgumentError("from_epoch", "from_epoch must be an int >= 0, got None")
+        before = {e: self.enabled(e) for e in self.drawn}
         self._changes = [c for c in self._changes if c[0] < from_epoch] + [(int(from_epoch), bool(enabled))]
+        return {e for e, was in before.items() if self.enabled(e) != was}
 
     def enabled(self, epoch: int) -> bool:
         """Whether batches of `epoch` are mixed."""
@@ -37,4 +41,6 @@ class MixSchedule:
 
     def __call__(self, info: Any) -> np.ndarray:
         epoch = self._source.epoch_of(info)
+        if epoch not in self.drawn:
+            self.drawn = {e for e in self.drawn if e >= epoch - 1} | {epoch}
         return np.full((self._source.batch_size,), self.enabled(epoch), dtype=np.bool_)

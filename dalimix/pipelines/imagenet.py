@@ -19,8 +19,8 @@ from dalimix.data import shards
 from dalimix.ops import erasing as erasing_ops
 from dalimix.ops.schedule import MixSchedule
 from dalimix.pipelines.inputs import READER, make_source, read_samples
-from dalimix.pipelines.options import (DECODER_OPTIONS, DTYPES, IMAGENET_MEAN, IMAGENET_STD, decoder_options as
-                                       check_decoder_options, device_id_for, prefetch_depth, seeds)
+from dalimix.pipelines.options import (DECODER_OPTIONS, IMAGENET_MEAN, IMAGENET_STD, decoder_options as
+                                       check_decoder_options, graph_dtype, normalize_device, prefetch_depth, seeds)
 from dalimix.pipelines.train_graph import STAGES, TrainGraph, normalize_images
 from dalimix.spec import PipelineSpec
 
@@ -28,7 +28,7 @@ __all__ = ["train_pipeline", "val_pipeline", "IMAGENET_MEAN", "IMAGENET_STD", "D
            "TrainGraph", "make_source", "read_samples", "normalize_images"]
 
 
-def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, device: str = "gpu",
+def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, device: Any = "gpu",
                    num_threads: int = 4, mix: Optional[MixConfig] = None, shard_id: int = 0, num_shards: int = 1,
                    seed: Optional[int] = None, device_id: Optional[int] = None, file_list: Optional[str] = None,
                    scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
@@ -51,12 +51,12 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     restores the augmentation state of a run: pass the `first_epoch` that run's pipeline was built with, as
     DALI restores its own epoch count. `max_batches_per_epoch` shortens every epoch (smoke runs).
     `decoder_options` go to DALI's GPU decoder (see `DECODER_OPTIONS`; `dalimix-profile --tune` finds them).
+    `device` is "gpu" or "cpu", or torch's "cuda", "cuda:N" or a `torch.device`; a GPU without an index is
+    `device_id`, else this rank's. `dtype` "bfloat16" is written as float32 and converted by `DaliLoader`.
+    `mix=MixConfig(...)` with `num_classes=None` (its default) takes the class count of the data.
     """
-    batch_size = V.positive_int("batch_size", batch_size)
+    batch_size, num_threads, num_shards = _sizes(batch_size, num_threads, num_shards, shard_id)
     crop = V.positive_int("crop", crop)
-    num_threads = V.positive_int("num_threads", num_threads)
-    num_shards = V.positive_int("num_shards", num_shards)
-    V.index_below("shard_id", shard_id, num_shards, "num_shards")
     scale = V.range_pair("scale", scale)
     if scale[1] > 1.0:
         raise V.ArgumentError("scale", f"scale must lie in (0, 1], got {scale!r}")
@@ -64,31 +64,38 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     V.probability("flip_prob", flip_prob)
     if mix is not None and not isinstance(mix, MixConfig):
         raise V.ArgumentError("mix", f"mix must be None or a dalimix.MixConfig, got {type(mix).__name__}")
-    V.one_of("dtype", dtype, tuple(DTYPES))
+    out_dtype, loader_dtype = graph_dtype(dtype)
     erasing = erasing_ops.ErasingConfig(prob=re_prob, mode=re_mode, count=re_count)
     V.optional_epoch("mix_off_epoch", mix_off_epoch)
     V.optional_epoch("first_epoch", first_epoch)
-    dev_id = device_id_for(device, device_id)
+    device, dev_id = normalize_device(device, device_id)
     order_seed, aug_seed = seeds(seed, shard_id, num_shards)
 
     source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
-                     allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
-                     num_shards=num_shards, train=True, seed=order_seed, first_epoch=first_epoch,
-                     max_batches=max_batches_per_epoch)
-    if mix is not None and mix.num_classes < len(source.classes):
-        raise V.ArgumentError("num_classes", f"mix.num_classes={mix.num_classes} is smaller than the "
-                                             f"{len(source.classes)} classes found in {str(data_dir)!r}")
+                         allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
+                         num_shards=num_shards, train=True, seed=order_seed, first_epoch=first_epoch,
+                         max_batches=max_batches_per_epoch)
+    if mix is not None:
+        try:
+            mix = mix.with_classes(len(source.classes))
+        except V.ArgumentError as exc:
+            raise V.ArgumentError("num_classes", f"{exc} found in {str(data_dir)!r}") from None
     schedule = MixSchedule(source, off_epoch=mix_off_epoch) if mix is not None and mix.mixing else None
     layout = "HWC" if channels_last else "CHW"
     body = TrainGraph(crop=crop, device=device, device_id=dev_id, mix=mix, scale=scale, ratio=ratio,
-                      flip_prob=flip_prob, dtype=dtype, layout=layout, mean=tuple(mean), std=tuple(std),
+                      flip_prob=flip_prob, dtype=out_dtype, layout=layout, mean=tuple(mean), std=tuple(std),
                       antialias=antialias, erasing=erasing,
                       decoder_options=check_decoder_options(decoder_options, device))
-    prefetch_queue_depth = prefetch_depth(prefetch_queue_depth, graph_reads_gpu_shapes=device == "gpu" and not body.native
-                                     and (erasing.prob > 0 or (mix is not None and mix.mixing)))
+    prefetch = prefetch_depth(prefetch_queue_depth, graph_reads_gpu_shapes=device == "gpu" and not body.native
+                              and (erasing.prob > 0 or (mix is not None and mix.mixing)))
+    # DALI keeps no checkpoints with separate CPU/GPU queues: such a pipeline resumes without its draws.
+    checkpointing = not isinstance(prefetch, dict)
+    if checkpoint is not None and not checkpointing:
+        raise V.ArgumentError("checkpoint", "checkpoint: a pipeline with separate CPU/GPU prefetch queues "
+                                            "(prefetch_queue_depth as a dict) keeps no DALI checkpoints; give an int")
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=aug_seed,
-                  prefetch_queue_depth=prefetch_queue_depth, enable_checkpointing=True)
+                  prefetch_queue_depth=prefetch, enable_checkpointing=checkpointing)
     def graph():
         jpegs, labels = read_samples(source, train=True, seed=aug_seed)
         enabled = None
@@ -98,12 +105,22 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
 
     pipe = graph(checkpoint=checkpoint) if checkpoint is not None else graph()
     return PipelineSpec(pipeline=pipe, outputs=("images", "targets"), source=source, last_batch="drop",
-                        layout=layout, classes=list(source.classes), schedule=schedule, checkpointing=True,
-                        settings=body.describe(), reader_name=READER if isinstance(source, shards.ShardSource) else None)
+                        layout=layout, classes=list(source.classes), schedule=schedule, checkpointing=checkpointing,
+                        settings=body.describe(), output_dtype=loader_dtype,
+                        reader_name=READER if isinstance(source, shards.ShardSource) else None)
+
+
+def _sizes(batch_size: int, num_threads: int, num_shards: int, shard_id: int) -> tuple[int, int, int]:
+    """The checked batch size, thread count and shard count (and shard index) of a builder."""
+    batch_size = V.positive_int("batch_size", batch_size)
+    num_threads = V.positive_int("num_threads", num_threads)
+    num_shards = V.positive_int("num_shards", num_shards)
+    V.index_below("shard_id", shard_id, num_shards, "num_shards")
+    return batch_size, num_threads, num_shards
 
 
 def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 224, resize: int = 256,
-                 device: str = "gpu", num_threads: int = 4, shard_id: int = 0, num_shards: int = 1,
+                 device: Any = "gpu", num_threads: int = 4, shard_id: int = 0, num_shards: int = 1,
                  device_id: Optional[int] = None, file_list: Optional[str] = None, dtype: str = "float32",
                  channels_last: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, antialias: bool = True, verify_files: bool = True,
@@ -115,30 +132,27 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     together cover every image exactly once; the last batch is short rather than padded.
     `max_batches_per_epoch` evaluates only the first batches of each shard (smoke runs).
     """
-    batch_size = V.positive_int("batch_size", batch_size)
+    batch_size, num_threads, num_shards = _sizes(batch_size, num_threads, num_shards, shard_id)
     crop = V.positive_int("crop", crop)
     resize = V.positive_int("resize", resize)
-    num_threads = V.positive_int("num_threads", num_threads)
-    num_shards = V.positive_int("num_shards", num_shards)
     if crop > resize:
         raise V.ArgumentError("crop", f"crop ({crop}) must not exceed resize ({resize})")
-    V.index_below("shard_id", shard_id, num_shards, "num_shards")
-    V.one_of("dtype", dtype, tuple(DTYPES))
-    dev_id = device_id_for(device, device_id)
-    prefetch_queue_depth = prefetch_depth(prefetch_queue_depth)
+    out_dtype, loader_dtype = graph_dtype(dtype)
+    device, dev_id = normalize_device(device, device_id)
+    prefetch = prefetch_depth(prefetch_queue_depth)
     source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
-                     allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
-                     num_shards=num_shards, train=False, seed=0, first_epoch=0, max_batches=max_batches_per_epoch)
+                         allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
+                         num_shards=num_shards, train=False, seed=0, first_epoch=0, max_batches=max_batches_per_epoch)
     layout = "HWC" if channels_last else "CHW"
     decode_device = "mixed" if device == "gpu" else "cpu"
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=dev_id, seed=0,
-                  prefetch_queue_depth=prefetch_queue_depth)
+                  prefetch_queue_depth=prefetch)
     def graph():
         jpegs, labels = read_samples(source, train=False, seed=0)
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
         images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_LINEAR, antialias=antialias)
-        images = normalize_images(images, crop=crop, mirror=0, dtype=dtype, layout=layout, mean=mean, std=std)
+        images = normalize_images(images, crop=crop, mirror=0, dtype=out_dtype, layout=layout, mean=mean, std=std)
         return images, (labels.gpu() if device == "gpu" else labels)
 
     pipe = graph()
@@ -146,5 +160,5 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
                 f"antialias={antialias}")
     sharded = isinstance(source, shards.ShardSource)
     return PipelineSpec(pipeline=pipe, outputs=("images", "targets"), source=source, last_batch="partial",
-                        layout=layout, classes=list(source.classes), settings=settings,
+                        layout=layout, classes=list(source.classes), settings=settings, output_dtype=loader_dtype,
                         reader_name=READER if sharded else None)

@@ -16,6 +16,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEVICES = ("gpu", "cpu")
 DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
+# Output dtypes DALI does not write: the graph writes float32 and the loader converts on the device.
+LOADER_DTYPES = ("bfloat16",)
+
+
+def graph_dtype(dtype: str) -> tuple[str, Optional[str]]:
+    """(the dtype the graph writes, the dtype the loader converts to or None) for a builder's `dtype`."""
+    V.one_of("dtype", dtype, tuple(DTYPES) + LOADER_DTYPES)
+    return ("float32", dtype) if dtype in LOADER_DTYPES else (dtype, None)
+
 
 def prefetch_depth(value: Any, *, graph_reads_gpu_shapes: bool = False) -> Any:
     """Check `prefetch_queue_depth`: an int >= 1, or {"cpu_size": n, "gpu_size": m} for separate queues."""
@@ -52,13 +61,41 @@ def decoder_options(options: Optional[dict], device: str) -> tuple[tuple[str, An
     return tuple(sorted(options.items()))
 
 
-def device_id_for(device: str, device_id: Optional[int]) -> Optional[int]:
-    V.one_of("device", device, DEVICES)
-    if device == "cpu":
-        return None
-    if device_id is not None:
-        return int(device_id)
-    return int(os.environ.get("LOCAL_RANK", 0))
+def normalize_device(device: Any, device_id: Optional[int] = None) -> tuple[str, Optional[int]]:
+    """("gpu", id) or ("cpu", None) from dalimix's names ("gpu", "cpu") or torch's ("cuda", "cuda:1", a
+    `torch.device`). A GPU without an index is `device_id`, else this rank's (`LOCAL_RANK`), else 0."""
+    text = str(device).strip().lower()
+    kind, _, index = text.partition(":")
+    if kind in ("cuda", "gpu"):
+        if index:
+            if not index.isdigit():
+                raise V.ArgumentError("device", f"device {device!r}: expected 'gpu', 'cpu', 'cuda' or 'cuda:N'")
+            if device_id is not None and int(device_id) != int(index):
+                raise V.ArgumentError("device_id", f"device_id={device_id} contradicts device={device!r}")
+            return "gpu", int(index)
+        return "gpu", int(device_id) if device_id is not None else local_gpu()
+    if kind == "cpu" and not index:
+        return "cpu", None
+    raise V.ArgumentError("device", f"device must be 'gpu', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}")
+
+
+def local_gpu() -> int:
+    """This rank's GPU: `LOCAL_RANK`, or 0 where the launcher shows each process only its own GPU (SLURM,
+    Kubernetes: one visible device whatever the local rank)."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local > 0:
+        try:
+            from nvidia.dali import backend
+            if int(backend.GetCUDADeviceCount()) == 1:
+                return 0
+        except Exception:  # noqa: BLE001 - no CUDA here: the pipeline build will say so
+            pass
+    return local
+
+
+def device_id_for(device: Any, device_id: Optional[int]) -> Optional[int]:
+    """The DALI `device_id` of a builder's `device` (None on the CPU)."""
+    return normalize_device(device, device_id)[1]
 
 
 def seeds(seed: Optional[int], shard_id: int, num_shards: int) -> tuple[int, int]:

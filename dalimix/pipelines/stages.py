@@ -15,7 +15,7 @@ from dalimix.config import MixConfig
 from dalimix.data.shards import ShardSource
 from dalimix.ops.erasing import ErasingConfig
 from dalimix.pipelines.inputs import READER, make_source, read_samples
-from dalimix.pipelines.options import IMAGENET_MEAN, IMAGENET_STD, device_id_for
+from dalimix.pipelines.options import IMAGENET_MEAN, IMAGENET_STD, normalize_device
 from dalimix.pipelines.train_graph import STAGES, TrainGraph
 from dalimix.spec import PipelineSpec
 
@@ -32,13 +32,13 @@ def stage_pipeline(data_dir: str | os.PathLike, stage: str, *, batch_size: int, 
                    device_id: Optional[int] = None, dtype: str = "float32") -> PipelineSpec:
     """The train graph up to and including `stage` (one of `stages(device)`); outputs one tensor batch.
     `data_dir` is a folder tree or tar shards, as for `train_pipeline`."""
-    dev = device_id_for(device, device_id)
+    device, dev = normalize_device(device, device_id)
     if stage not in stages(device, dev):
         raise ValueError(f"stage must be one of {stages(device, dev)}, got {stage!r}")
     source = make_source(data_dir, file_list=None, verify=True, classes=None, allow_outside_root=False,
                          batch_size=batch_size, shard_id=0, num_shards=1, train=True, seed=seed, first_epoch=0,
                          max_batches=None)
-    body = TrainGraph(crop=crop, device=device, device_id=dev, mix=mix or MixConfig(num_classes=max(len(source.classes), 1)),
+    body = TrainGraph(crop=crop, device=device, device_id=dev, mix=(mix or MixConfig()).with_classes(max(len(source.classes), 1)),
                       scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob=0.5, dtype=dtype, layout="CHW",
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias=False, erasing=ErasingConfig())
 
