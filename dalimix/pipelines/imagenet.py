@@ -9,7 +9,7 @@ names, file source, last-batch policy, layout, classes, mixing schedule). See do
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
