@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install native clean
+.PHONY: demo test install native clean gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: native
 
 test: native
 	$(PY) -m pytest -q
+
+# On a GPU box: build, pytest -m gpu, compute-sanitizer, fallback, profile and a training epoch, in one report
+# (runs/gpu-check/gpu_check.txt and .json). See README, "Checking a GPU box".
+gpu-check: native
+	$(PY) scripts/gpu_check.py --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) runs demo-data .pytest_cache

@@ -369,15 +369,17 @@ class DaliLoader:
         return RuntimeError(f"DALI pipeline{where} failed in epoch {self.epoch}, batch {self._in_epoch}: {exc}")
 
 
-# What DALI's decoders say when a file cannot be decoded (other failures, e.g. a CUDA error, are not
-# the data's fault and are passed on as they are).
-_DECODE_WORDS = ("decod", "jpeg", "image", "nvimgcodec", "unsupported", "corrupt", "truncated", "unknown format",
-                 "bitstream", "marker", "huffman")
+# What DALI says when a file cannot be decoded, and what it says when CUDA itself failed: then the files are
+# not at fault (and a probe pipeline could not even be built), so the error is passed on as it is.
+_DECODE_WORDS = ("decoders.image", "nvimgcodec", "nvjpeg", "decod", "jpeg", "unsupported image", "corrupt",
+                 "truncated", "unknown format", "bitstream", "invalid marker", "huffman")
+_CUDA_WORDS = ("cudaerror", "cuda error", "cuda runtime", "cuda driver", "illegal memory access", "illegal address",
+               "out of memory", "insufficient driver", "no cuda-capable", "launch failure", "ecc error")
 
 
 def _is_decode_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
-    if "cuda" in text and not any(w in text for w in ("nvjpeg", "decod")):
+    if any(w in text for w in _CUDA_WORDS):
         return False
     return any(w in text for w in _DECODE_WORDS)
 

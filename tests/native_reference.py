@@ -51,9 +51,36 @@ def normal_at(seed: int, stream: int, index: int) -> float:
     return float(np.sqrt(np.float32(-2.0) * np.log(u1)) * np.cos(np.float32(2 * np.pi) * u2))
 
 
+def _regions(erase, i) -> list[np.ndarray]:
+    if erase is None:
+        return []
+    return [r for r in np.asarray(erase[i]).reshape(-1, 4) if r[2] > r[0] and r[3] > r[1]]
+
+
+def _erase(v: np.ndarray, regions, erase_mode: int, seed: int) -> np.ndarray:
+    """Fill `regions` of a normalised HWC image in place (the last region wins where they overlap)."""
+    ow, c = v.shape[1], v.shape[2]
+    for r, (y0, x0, y1, x1) in enumerate(regions):
+        for y in range(max(y0, 0), min(y1, v.shape[0])):
+            for x in range(max(x0, 0), min(x1, ow)):
+                for ch in range(c):
+                    if erase_mode == 0:
+                        v[y, x, ch] = 0.0
+                    elif erase_mode == 1:
+                        v[y, x, ch] = normal_at(seed, r, ch)
+                    else:
+                        v[y, x, ch] = normal_at(seed, 1000, (y * ow + x) * c + ch)
+    return v
+
+
 def fused(images: list[np.ndarray], *, size=None, antialias=False, partner=None, kind=None, weight=None,
-          box=None, mirror=None, mean=(0.0,), std=(1.0,), erase=None, erase_mode=0, seed=None) -> list[np.ndarray]:
-    """HWC float64 outputs of `resample_mix` for HWC inputs and per-sample parameters."""
+          box=None, mirror=None, mean=(0.0,), std=(1.0,), erase=None, erase_mode=0, seed=None,
+          erase_before=False) -> list[np.ndarray]:
+    """HWC float64 outputs of `resample_mix` for HWC inputs and per-sample parameters.
+
+    erase_before: each image's own regions (in its unflipped coordinates) are erased before mixing, so a
+    partner brings its own erased regions along; otherwise the regions erase the flipped output.
+    """
     n = len(images)
     partner = list(range(n)) if partner is None else partner
     kind = [0] * n if kind is None else kind
@@ -61,30 +88,28 @@ def fused(images: list[np.ndarray], *, size=None, antialias=False, partner=None,
     for i, img in enumerate(images):
         oh, ow = size if size is not None else img.shape[:2]
         c = img.shape[2]
-        own = resample(img, oh, ow, antialias)
+        m = np.broadcast_to(np.asarray(mean, np.float64), (c,))
+        s = np.broadcast_to(np.asarray(std, np.float64), (c,))
+
+        def source(j: int) -> np.ndarray:
+            v = resample(images[j], oh, ow, antialias)
+            if erase_before:
+                v = _erase((v - m) / s, _regions(erase, j), erase_mode, seed[j] if seed is not None else 0)
+            return v
+
+        own = source(i)
         k = kind[i] if partner[i] != i else 0
         if k == 1:
-            v = weight[i] * own + (1 - weight[i]) * resample(images[partner[i]], oh, ow, antialias)
+            v = weight[i] * own + (1 - weight[i]) * source(partner[i])
         elif k == 2:
             v = own.copy()
             y0, x0, y1, x1 = box[i]
-            v[y0:y1, x0:x1] = resample(images[partner[i]], oh, ow, antialias)[y0:y1, x0:x1]
+            v[y0:y1, x0:x1] = source(partner[i])[y0:y1, x0:x1]
         else:
             v = own
         if mirror is not None and mirror[i]:
             v = v[:, ::-1]
-        v = (v - np.broadcast_to(np.asarray(mean, np.float64), (c,))) / np.broadcast_to(np.asarray(std, np.float64),
-                                                                                          (c,))
-        regions = [] if erase is None else [r for r in np.asarray(erase[i]).reshape(-1, 4) if r[2] > r[0] and r[3] > r[1]]
-        for r, (y0, x0, y1, x1) in enumerate(regions):
-            for y in range(y0, y1):
-                for x in range(x0, x1):
-                    for ch in range(c):
-                        if erase_mode == 0:
-                            v[y, x, ch] = 0.0
-                        elif erase_mode == 1:
-                            v[y, x, ch] = normal_at(seed[i], r, ch)
-                        else:
-                            v[y, x, ch] = normal_at(seed[i], 1000, (y * ow + x) * c + ch)
+        if not erase_before:
+            v = _erase((v - m) / s, _regions(erase, i), erase_mode, seed[i] if seed is not None else 0)
         out.append(v)
     return out

@@ -1,13 +1,16 @@
 """dalimix's native DALI operators against plain NumPy references, and against the stock-operator fallback.
 
-CPU tests run wherever the plugin builds (g++ present); the same matrix runs on the GPU under the `gpu`
-marker.
+CPU tests run wherever the plugin builds (g++ present). The CUDA kernel's logic runs in every CPU run too:
+`fn.dalimix.resample_mix_gpu_emulated` is the GPU backend's launch (the same descriptors, grid and
+per-pixel code) emulated on the host, and goes through the same matrix as the CPU backend. The real GPU
+runs it once more under the `gpu` marker.
 """
 from __future__ import annotations
 
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ from dalimix import MixConfig, native
 from dalimix.ops import mix
 from dalimix.ops.erasing import ATTEMPTS, erase_boxes
 from dalimix.ops.mix_params import NUM_UNIFORMS, float32_threshold, mix_params
-from native_reference import fused as reference
+from native_reference import fused as reference  # noqa: E402
 
 needs_native = pytest.mark.skipif(not native.available("cpu"),
                                   reason=f"native operators unavailable: {native.why_unavailable('cpu')}")
@@ -60,8 +63,12 @@ def _constant(batch):
     return lambda: batch
 
 
+BACKENDS = ["cpu", "gpu_emulated"]
+
+
 def run_fused(images, params, *, device="cpu", in_layout="HWC", **kwargs):
-    """Run fn.dalimix.resample_mix once on `images` (HWC arrays) with per-sample `params`."""
+    """Run fn.dalimix.resample_mix once on `images` (HWC arrays) with per-sample `params`; device
+    "gpu_emulated" runs the GPU backend's launch emulated on the host."""
     n = len(images)
     feed = [np.ascontiguousarray(im.transpose(2, 0, 1)) if in_layout == "CHW" else im for im in images]
     names = sorted(params)
@@ -72,6 +79,8 @@ def run_fused(images, params, *, device="cpu", in_layout="HWC", **kwargs):
         x = fn.external_source(source=lambda: feed, batch=True, layout=in_layout)
         args = {k: fn.external_source(source=_constant(arrays[k]), batch=True) for k in names}
         x = x.gpu() if device == "gpu" else x
+        if device == "gpu_emulated":
+            return fn.dalimix.resample_mix_gpu_emulated(x, **args, **kwargs)
         return fn.dalimix.resample_mix(x, device=device, **args, **kwargs)
 
     p = pipe()
@@ -113,9 +122,10 @@ def _matrix_case(device, in_name, in_layout, out_layout, out_name, antialias, co
     _check(_as_hwc(outs, out_layout), refs, DTYPES[out_name][1], tol * (4 if out_name == "float16" else 1))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("in_name,in_layout,out_layout,out_name,antialias", MATRIX)
-def test_fused_matches_numpy_reference(in_name, in_layout, out_layout, out_name, antialias):
-    _matrix_case("cpu", in_name, in_layout, out_layout, out_name, antialias)
+def test_fused_matches_numpy_reference(backend, in_name, in_layout, out_layout, out_name, antialias):
+    _matrix_case(backend, in_name, in_layout, out_layout, out_name, antialias)
 
 
 @pytest.mark.parametrize("size", [(24, 24), (25, 19), (1, 1), (300, 7)])
@@ -129,12 +139,13 @@ def test_constant_images_stay_constant_and_sizes_of_any_parity(size):
         np.testing.assert_allclose(o, (img[0, 0].astype(np.float64) - 10.0) / 2.0 + np.zeros((*size, 3)), atol=1e-4)
 
 
-def test_identity_size_is_exact_and_cutmix_pastes_the_box():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identity_size_is_exact_and_cutmix_pastes_the_box(backend):
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (12, 16, 3)).astype(np.uint8) for _ in range(4)]
     params = dict(partner=[3, 2, 1, 0], kind=[2, 0, 1, 2], weight=[0.5, 1.0, 0.25, 0.5],
                   box=[[2, 3, 7, 11], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 12, 16]], mirror=[0, 0, 0, 1])
-    outs = run_fused(images, params, dtype=types.FLOAT, output_layout="HWC")
+    outs = run_fused(images, params, dtype=types.FLOAT, output_layout="HWC", device=backend)
     a, b, c, d = (im.astype(np.float64) for im in images)
     expect0 = a.copy()
     expect0[2:7, 3:11] = d[2:7, 3:11]
@@ -144,9 +155,11 @@ def test_identity_size_is_exact_and_cutmix_pastes_the_box():
     np.testing.assert_array_equal(outs[3], a[:, ::-1])  # whole image pasted, then flipped
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("before", [False, True])
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("out_name,out_layout", [("float32", "CHW"), ("float16", "HWC"), ("float16", "CHW")])
-def test_erasing_regions_and_fills_match_reference(mode, out_name, out_layout):
+def test_erasing_regions_and_fills_match_reference(backend, before, mode, out_name, out_layout):
     rng = np.random.default_rng(mode)
     n, size = 4, (20, 18)
     images = _batch(rng, n, np.uint8)
@@ -157,10 +170,41 @@ def test_erasing_regions_and_fills_match_reference(mode, out_name, out_layout):
     params.update(erase=erase, erase_seed=seeds)
     norm = dict(mean=[120.0], std=[60.0])
     outs = run_fused(images, params, size=list(size), dtype=DTYPES[out_name][0], output_layout=out_layout,
-                     erase_mode=mode, **norm)
-    refs = reference(images, size=size, erase_mode=mode, seed=[s & 0xFFFFFFFF for s in seeds],
+                     erase_mode=mode, erase_before=before, device=backend, **norm)
+    refs = reference(images, size=size, erase_mode=mode, seed=[s & 0xFFFFFFFF for s in seeds], erase_before=before,
                      **{k: v for k, v in params.items() if k != "erase_seed"}, **norm)
     _check(_as_hwc(outs, out_layout), refs, DTYPES[out_name][1], 3e-3 if out_name == "float16" else 2e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_erasing_before_mixing_carries_the_partners_regions_along(backend):
+    """re_order "before_mix": a CutMix box pastes the partner with the partner's own erased region in it;
+    a mixup blends two erased images."""
+    images = [np.full((8, 8, 3), 200, np.uint8), np.full((8, 8, 3), 40, np.uint8)]
+    params = dict(partner=[1, 0], kind=[2, 1], weight=[1.0, 0.25], box=[[0, 0, 8, 4], [0, 0, 0, 0]], mirror=[0, 0],
+                  erase=[[0, 4, 2, 8], [6, 0, 8, 2]], erase_seed=[3, 4])
+    out0, out1 = run_fused(images, params, dtype=types.FLOAT, output_layout="HWC", erase_before=True, device=backend)
+    np.testing.assert_allclose(out0[6:8, 0:2], 0.0)        # the partner's region, pasted with its box
+    np.testing.assert_allclose(out0[0:2, 4:8], 0.0)        # its own region, outside the box
+    np.testing.assert_allclose(out0[2:6, 0:4], 40.0)       # the partner's pixels
+    np.testing.assert_allclose(out1[6:8, 0:2], 0.25 * 0.0 + 0.75 * 200.0, atol=1e-4)  # own region blended
+    np.testing.assert_allclose(out1[0:2, 4:8], 0.25 * 40.0 + 0.75 * 0.0, atol=1e-4)  # partner's region blended
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grey_and_colour_images_in_one_batch(backend):
+    """Each sample keeps its own channel count; mixing partners of different channel counts is refused."""
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (9, 7, c)).astype(np.uint8) for c in (1, 3, 3, 1)]
+    params = dict(partner=[0, 2, 1, 3], kind=[0, 1, 1, 0], weight=[1.0, 0.3, 0.7, 1.0], box=[[0, 0, 0, 0]] * 4,
+                  mirror=[1, 0, 1, 0])
+    outs = run_fused(images, params, size=[5, 6], dtype=types.FLOAT, output_layout="CHW", device=backend)
+    refs = reference(images, size=(5, 6), **params)
+    for o, r in zip(outs, refs):
+        assert o.shape == (r.shape[2], 5, 6)
+        np.testing.assert_allclose(o.transpose(1, 2, 0), r, atol=2e-4)
+    with pytest.raises(RuntimeError, match="are mixed but have 1 and 3 channels"):
+        run_fused(images, dict(params, partner=[1, 0, 2, 3], kind=[1, 1, 0, 0]), size=[5, 6], device=backend)
 
 
 def test_pixel_noise_is_standard_normal_and_seed_dependent():
@@ -366,3 +410,47 @@ def test_gpu_erasing_equals_cpu(mode):
     gpu = run_fused(images, params, device="gpu", **kw)
     for a, b in zip(cpu, gpu):
         np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)
+
+
+PLANTED = '''
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from dalimix.native import build
+build.SRC = Path({src!r})
+tc = build.find_toolchain()
+out = Path({out!r})
+lib = build._build_cpu(tc, out, out)
+from nvidia.dali import plugin_manager
+plugin_manager.load_library(str(lib))
+import numpy as np
+from test_native import run_fused
+from native_reference import fused as reference  # noqa: E402
+rng = np.random.default_rng(0)
+images = [rng.integers(0, 256, (10, 12, 3)).astype(np.uint8) for _ in range(2)]
+params = dict(partner=[0, 1], kind=[0, 0], weight=[1.0, 1.0], box=[[0, 0, 0, 0]] * 2, mirror=[1, 1])
+outs = run_fused(images, params, device="gpu_emulated", size=[10, 12], output_layout="HWC")
+refs = reference(images, size=(10, 12), **params)
+print("MISMATCH" if any(np.abs(o - r).max() > 1e-3 for o, r in zip(outs, refs)) else "MATCH")
+'''
+
+
+@pytest.mark.slow
+def test_a_planted_indexing_bug_in_the_kernel_fails_the_emulated_tests(tmp_path):
+    """The emulator runs the kernel's own per-pixel code: the flip written `ow - x` must not match the reference."""
+    import shutil
+
+    from dalimix.native import build
+
+    src = tmp_path / "src"
+    shutil.copytree(build.SRC, src)
+    pixel = src / "fused_pixel.h"
+    text = pixel.read_text()
+    assert "p.mirror ? s.ow - 1 - ox : ox" in text
+    pixel.write_text(text.replace("p.mirror ? s.ow - 1 - ox : ox", "p.mirror ? s.ow - ox : ox"))
+    (tmp_path / "out").mkdir()
+    code = PLANTED.format(tests=str(Path(__file__).parent), src=str(src), out=str(tmp_path / "out"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "DALIMIX_NATIVE": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("MISMATCH")

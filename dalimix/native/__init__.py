@@ -51,6 +51,10 @@ def load() -> bool:
                     _state["gpu_why"] = f"loading {built.gpu} failed: {exc}"
             else:
                 _state["gpu_why"] = "DALIMIX_NATIVE=cpu is set" if cpu_only else built.gpu_note
+                if built.nvcc_found and not cpu_only:
+                    # nvcc is there and the CUDA part did not build: GPU pipelines would silently run slower.
+                    warnings.warn(f"dalimix: the native CUDA operator was not built ({built.gpu_note.splitlines()[0]}); "
+                                  f"GPU pipelines use stock DALI operators instead", RuntimeWarning, stacklevel=2)
         except BuildError as exc:
             why = str(exc)
         except (OSError, RuntimeError) as exc:
@@ -79,8 +83,21 @@ def _probe_gpu(device_id: int) -> str:
     return probes[device_id]
 
 
+def _gpu(device_id: Optional[int]) -> int:
+    """The GPU meant when none is named: the pipeline being defined's, else this rank's (LOCAL_RANK), else 0."""
+    if device_id is not None:
+        return int(device_id)
+    from nvidia.dali.pipeline import Pipeline
+
+    current = Pipeline.current()
+    if current is not None and current.device_id is not None:
+        return int(current.device_id)
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
 def available(device: str = "cpu", device_id: Optional[int] = None) -> bool:
-    """Whether the native operators run on `device` ("cpu" or "gpu"; with `device_id`, that GPU)."""
+    """Whether the native operators run on `device` ("cpu" or "gpu"). On the GPU, CUDA is asked whether the
+    kernel runs on GPU `device_id` (default: the pipeline being defined's, else this rank's), once per GPU."""
     load()
     if _forced_off:
         return False
@@ -88,15 +105,20 @@ def available(device: str = "cpu", device_id: Optional[int] = None) -> bool:
         return bool(_state["cpu"])
     if not _state["gpu"]:
         return False
-    return device_id is None or _probe_gpu(device_id) == ""
+    return _probe_gpu(_gpu(device_id)) == ""
 
 
-def why_unavailable(device: str = "cpu") -> str:
-    """Why the native operators do not run on `device` ("" when they do)."""
+def why_unavailable(device: str = "cpu", device_id: Optional[int] = None) -> str:
+    """Why the native operators do not run on `device` (on the GPU: GPU `device_id`, as `available` picks
+    it); "" when they do."""
     load()
     if _forced_off:
         return "switched off by dalimix.native.stock_operators()"
-    return _state["gpu_why" if device == "gpu" else "why"]
+    if device != "gpu":
+        return _state["why"]
+    if not _state["gpu"]:
+        return _state["gpu_why"]
+    return _probe_gpu(_gpu(device_id))
 
 
 _forced_off = False

@@ -10,27 +10,33 @@ change of any of them builds afresh, and concurrent ranks of one run build once 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 SRC = Path(__file__).resolve().parent / "src"
-CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "mix_params.cc", "erase_params.cc", "parse_label.cc")
+CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "fused_gpu_emulator.cc", "mix_params.cc", "erase_params.cc",
+               "parse_label.cc")
 # Targets must equal NumPy's float32 arithmetic bit for bit: no fused multiply-add there.
 EXACT_SOURCES = ("mix_params.cc", "erase_params.cc")
 GPU_SOURCES = ("fused_gpu.cu",)
-HEADERS = ("fused_math.h", "fused_args.h")
+HEADERS = ("fused_math.h", "fused_args.h", "fused_pixel.h", "fused_launch.h")
 CPU_LIB = "libdalimix_ops.so"
 GPU_LIB = "libdalimix_ops_cuda.so"
-# SASS for the GPUs CUDA 12/13 toolkits support, plus PTX of the newest for what comes later.
+# SASS for these GPUs where the nvcc in use can build it (always sm_80 and sm_90: A100, H100), plus PTX of
+# the newest for what comes later.
 CUDA_ARCHS = ("75", "80", "86", "89", "90", "100", "120")
+# How long a failed CUDA build stays failed before a new process tries again (seconds).
+RETRY_FAILED_AFTER = 600
 
 
 class BuildError(RuntimeError):
@@ -121,13 +127,40 @@ def cxx_flags(tc: Toolchain) -> list[str]:
     return flags
 
 
+def _nvcc_release(text: str) -> tuple[int, int]:
+    import re
+
+    m = re.search(r"release (\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_archs(nvcc: str) -> list[str]:
+    """The architectures of `CUDA_ARCHS` this nvcc builds SASS for: asked of nvcc (`--list-gpu-code`), else
+    judged from its release (sm_100 / sm_120 need CUDA 12.8)."""
+    import re
+
+    try:
+        listed = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True, timeout=60).stdout
+        codes = set(re.findall(r"sm_(\d+)", listed))
+    except (OSError, subprocess.SubprocessError):
+        codes = set()
+    if not codes:
+        release = _nvcc_release(_version_of(nvcc))
+        codes = {a for a in CUDA_ARCHS if int(a) < 100 or release >= (12, 8)}
+    return [a for a in CUDA_ARCHS if a in codes]
+
+
 def nvcc_flags(tc: Toolchain) -> list[str]:
     flags = ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-DNDEBUG", "-w", "--expt-relaxed-constexpr",
              "-cudart", "static"]
     flags += [f for f in tc.dali_cflags]
-    for arch in CUDA_ARCHS:
+    if tc.cuda_include:
+        flags.append(f"-I{tc.cuda_include}")
+    archs = cuda_archs(tc.nvcc) if tc.nvcc else list(CUDA_ARCHS)
+    for arch in archs:
         flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-    flags += ["-gencode", f"arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
+    flags += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
     return flags
 
 
@@ -189,7 +222,7 @@ def _build_gpu(tc: Toolchain, out_dir: Path, tmp: Path, final: Path) -> Path:
     lib = tmp / GPU_LIB
     # Linked against the CPU library, which defines the operator schemas the GPU backend attaches to.
     _run([tc.nvcc, "-shared", "-cudart", "static", "-o", str(lib), *map(str, objs),
-          f"-L{out_dir}", "-l:" + CPU_LIB, "-Xlinker", f"-rpath,{out_dir}", *tc.dali_ldflags,
+          f"-L{out_dir}", "-l:" + CPU_LIB, "-Xlinker", f"-rpath,{out_dir}", *tc.dali_ldflags, "-ldali_core",
           "-Xlinker", f"-rpath,{tc.dali_lib_dir}"], f"linking {GPU_LIB}")
     os.replace(lib, final)
     return final
@@ -200,10 +233,26 @@ class Built:
     cpu: Path
     gpu: Optional[Path]
     gpu_note: str
+    nvcc_found: bool = False
 
 
-def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> Built:
-    """Build (or find in the cache) the CPU plugin and, where nvcc is found, its CUDA part."""
+def _failed_note(marker: Path, rebuild: bool) -> Optional[str]:
+    """Why the CUDA part is not built now, when an earlier attempt failed recently (None: try again)."""
+    if not marker.is_file():
+        return None
+    age = time.time() - marker.stat().st_mtime
+    if rebuild or age >= RETRY_FAILED_AFTER:
+        marker.unlink(missing_ok=True)
+        return None
+    reason = marker.read_text().strip().splitlines()
+    return (f"the CUDA build failed {age:.0f} s ago ({reason[0] if reason else 'no reason recorded'}); a new process "
+            f"tries again after {RETRY_FAILED_AFTER // 60} minutes, or now with `python -m dalimix.native.build "
+            f"--rebuild` (which prints the whole error)")
+
+
+def build(verbose: bool = False, with_cuda: Optional[bool] = None, rebuild: bool = False) -> Built:
+    """Build (or find in the cache) the CPU plugin and, where nvcc is found, its CUDA part. A CUDA build that
+    failed is tried again by a later process (after `RETRY_FAILED_AFTER` seconds, or at once with `rebuild`)."""
     tc = find_toolchain()
     want_cuda = tc.nvcc is not None if with_cuda is None else with_cuda and tc.nvcc is not None
     cpu_key = build_key(tc, with_cuda=False)
@@ -229,8 +278,9 @@ def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> Built:
             gpu = out_dir / f"cuda-{gpu_key.rsplit('-', 1)[1]}" / GPU_LIB
             failed = gpu.parent / "FAILED"
             note = "built with " + tc.nvcc
-            if failed.is_file():
-                note, gpu = failed.read_text(), None
+            recent = _failed_note(failed, rebuild)
+            if recent is not None:
+                note, gpu = recent, None
             elif not gpu.is_file():
                 gpu.parent.mkdir(exist_ok=True)
                 if verbose or sys.stderr.isatty():
@@ -243,7 +293,7 @@ def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> Built:
                     failed.write_text(note)
                     gpu = None
         _prune(root, keep=out_dir)
-        return Built(cpu=cpu, gpu=gpu, gpu_note=note)
+        return Built(cpu=cpu, gpu=gpu, gpu_note=note, nvcc_found=want_cuda)
 
 
 def _prune(root: Path, keep: Path, newest: int = 4) -> None:
@@ -260,9 +310,15 @@ def _prune(root: Path, keep: Path, newest: int = 4) -> None:
             pass
 
 
-def main() -> int:
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dalimix.native.build", description="Build (or find) dalimix's DALI "
+                                "plugin for the installed DALI.")
+    p.add_argument("--rebuild", action="store_true", help="try the CUDA part again even if it failed recently")
+    a = p.parse_args(argv)
     try:
-        built = build(verbose=True)
+        built = build(verbose=True, rebuild=a.rebuild)
     except BuildError as exc:
         print(f"dalimix: native build failed: {exc}", file=sys.stderr)
         return 1

@@ -117,7 +117,7 @@ def mix(images: DataNode, labels: DataNode, config: MixConfig, layout: str = "CH
     if enabled is None:
         enabled = fn.cast(_ones_like(labels), dtype=types.BOOL)
     draws = mix_draws(config, labels)
-    if native.available("gpu" if on_gpu else "cpu"):
+    if native.available("gpu" if on_gpu else "cpu"):  # on the GPU: the pipeline being defined's GPU
         out, targets, lam = _native_mix(images, labels, config, layout, enabled, draws, finish, on_gpu)
     else:
         out, targets, lam = _stock_mix(images, labels, config, layout, enabled, draws, finish, on_gpu)

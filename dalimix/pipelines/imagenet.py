@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
+from dalimix import native
 from dalimix import validation as V
 from dalimix.config import MixConfig
 from dalimix.data import shards
@@ -86,8 +87,10 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                       flip_prob=flip_prob, dtype=out_dtype, layout=layout, mean=tuple(mean), std=tuple(std),
                       antialias=antialias, erasing=erasing,
                       decoder_options=check_decoder_options(decoder_options, device))
-    prefetch = prefetch_depth(prefetch_queue_depth, graph_reads_gpu_shapes=device == "gpu" and not body.native
-                              and (erasing.prob > 0 or (mix is not None and mix.mixing)))
+    stock_gpu = device == "gpu" and not body.native
+    prefetch = prefetch_depth(prefetch_queue_depth, graph_reads_gpu_shapes=stock_gpu and (
+        erasing.prob > 0 or (mix is not None and mix.mixing)),
+        why_stock=native.why_unavailable(device, dev_id) if stock_gpu else "")
     # DALI keeps no checkpoints with separate CPU/GPU queues: such a pipeline resumes without its draws.
     checkpointing = not isinstance(prefetch, dict)
     if checkpoint is not None and not checkpointing:

@@ -26,7 +26,7 @@ def graph_dtype(dtype: str) -> tuple[str, Optional[str]]:
     return ("float32", dtype) if dtype in LOADER_DTYPES else (dtype, None)
 
 
-def prefetch_depth(value: Any, *, graph_reads_gpu_shapes: bool = False) -> Any:
+def prefetch_depth(value: Any, *, graph_reads_gpu_shapes: bool = False, why_stock: str = "") -> Any:
     """Check `prefetch_queue_depth`: an int >= 1, or {"cpu_size": n, "gpu_size": m} for separate queues."""
     if isinstance(value, dict):
         if set(value) != {"cpu_size", "gpu_size"} or not all(
@@ -38,7 +38,7 @@ def prefetch_depth(value: Any, *, graph_reads_gpu_shapes: bool = False) -> Any:
             # shapes on the CPU, which the stock-operator graph does for mixing and erasing.
             raise V.ArgumentError("prefetch_queue_depth", "prefetch_queue_depth as a dict (separate CPU/GPU queues) "
                                   "cannot be used with mixing or random erasing on the GPU without dalimix's native "
-                                  f"operators ({native.why_unavailable('gpu')}); give an int")
+                                  f"operators ({why_stock or native.why_unavailable('gpu')}); give an int")
         return {k: int(v) for k, v in value.items()}
     return V.positive_int("prefetch_queue_depth", value)
 

@@ -65,7 +65,7 @@ class TrainGraph:
         erase = f"re_prob={self.erasing.prob} re_mode={self.erasing.mode!r} re_count={self.erasing.count}" \
             if self.erasing.prob > 0 else "re_prob=0"
         path = "dalimix native operators" if self.native else \
-            f"stock DALI operators ({native.why_unavailable(self.device)})"
+            f"stock DALI operators ({native.why_unavailable(self.device, self.device_id)})"
         return (f"device={self.device!r}, dtype={self.dtype!r}, channels_last={self.layout == 'HWC'}, crop={self.crop}, "
                 f"antialias={self.antialias}, {mixing}, {erase}; {path}")
 

@@ -189,7 +189,9 @@ def env_world() -> tuple[int, int, int]:
 def init_distributed(device: str = "cpu", timeout_minutes: float = 30.0) -> DistContext:
     """Join the torchrun process group (if any) and pick this rank's device.
 
-    `device` is "gpu" or "cpu". On the GPU every rank uses `cuda:LOCAL_RANK` and NCCL; on the CPU gloo.
+    `device` is "gpu" or "cpu". On the GPU every rank uses `cuda:LOCAL_RANK` and NCCL (or the one GPU a
+    launcher made visible to each process, as SLURM and Kubernetes do, whatever its LOCAL_RANK); on the
+    CPU gloo.
     `timeout_minutes` bounds the rendezvous and every collective: when a rank dies or hangs, the others
     raise after that long instead of blocking (torchrun also tears the whole group down as soon as one
     worker exits with an error).
@@ -198,10 +200,13 @@ def init_distributed(device: str = "cpu", timeout_minutes: float = 30.0) -> Dist
     if device == "gpu":
         if not torch.cuda.is_available():
             raise RuntimeError("--device gpu was asked for but torch sees no CUDA device")
-        if local >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        visible = torch.cuda.device_count()
+        index = 0 if visible == 1 else local
+        if index >= visible:
+            raise RuntimeError(f"LOCAL_RANK={local} but only {visible} CUDA device(s) are visible (expected one "
+                               f"per process, or one per local rank)")
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     elif device == "cpu":
         dev = torch.device("cpu")
     else:

@@ -244,7 +244,7 @@ def build_run(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] = No
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[ctx.local_rank] if cfg.device == "gpu" else None)
+        model = DDP(model, device_ids=[ctx.device.index] if cfg.device == "gpu" else None)
     steps = len(train_loader)
     optimizer = make_optimizer(net, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)

@@ -85,6 +85,7 @@ FusedOptions ReadFusedOptions(const dali::OpSpec &spec) {
   o.erase_mode = spec.GetArgument<int>("erase_mode");
   DALI_ENFORCE(o.erase_mode >= kEraseConst && o.erase_mode <= kErasePixel,
                "dalimix: `erase_mode` must be 0 (const), 1 (rand) or 2 (pixel)");
+  o.erase_before = spec.GetArgument<bool>("erase_before");
   o.input_layout = spec.GetArgument<std::string>("input_layout");
   DALI_ENFORCE(o.input_layout.empty() || o.input_layout == "HWC" || o.input_layout == "CHW",
                "dalimix: `input_layout` must be \"\", \"HWC\" or \"CHW\"");

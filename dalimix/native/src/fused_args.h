@@ -9,20 +9,15 @@
 #include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "fused_math.h"
+#include "fused_pixel.h"
 
 namespace dalimix {
 
-// What one output sample is made of.
-struct SampleParams {
-  int partner = 0;      // index of the sample mixed in (itself when unmixed)
-  int kind = kMixNone;  // kMixNone, kMixup, kCutMix
-  float weight = 1.0f;  // share of the own image in a mixup blend
-  int box[4] = {0, 0, 0, 0};  // CutMix: [y0, x0, y1, x1) taken from the partner (before the flip)
-  bool mirror = false;
-  int num_erase = 0;
-  int erase[kMaxEraseRegions][4] = {};  // [y0, x0, y1, x1) in output coordinates (after the flip)
-  uint32_t seed = 0;    // counter seed of the erasing noise
-};
+// What one output sample is made of: the partner mixed in (itself when unmixed), the kind (kMixNone,
+// kMixup, kCutMix), the own image's share in a mixup blend, the CutMix box [y0, x0, y1, x1) taken from
+// the partner (before the flip), the flip, the erase regions [y0, x0, y1, x1) (output coordinates after
+// the flip, or the image's own unflipped coordinates with `erase_before`) and the seed of their noise.
+using SampleParams = PixelParams;
 
 // Options that hold for the whole batch.
 struct FusedOptions {
@@ -32,6 +27,7 @@ struct FusedOptions {
   dali::DALIDataType dtype = DALI_FLOAT;  // DALI_NO_TYPE: the input's type
   std::vector<float> mean, inv_std;
   int erase_mode = kEraseConst;
+  bool erase_before = false;  // regions erase each image before mixing (else the mixed output)
   std::string input_layout;  // "" = the input's layout, else HWC
 };
 

@@ -68,6 +68,19 @@ struct Source {
 
   // Output row `oy` (HWC order, `out_w * c` floats) into `row`; `tmp` holds the vertical pass.
   void Row(int oy, float *row, std::vector<float> &tmp) const {
+    const int out_w = static_cast<int>(tx.idx.size()) / tx.k;
+    const int out_h = static_cast<int>(ty.idx.size()) / ty.k;
+    if (out_w == w && out_h == h) {  // the identity (crop-sized input after a per-sample policy): convert
+      if (!chw) {
+        const In *r = data + static_cast<int64_t>(oy) * w * c;
+        for (int j = 0; j < w * c; j++) row[j] = static_cast<float>(r[j]);
+      } else {
+        const int64_t plane = static_cast<int64_t>(h) * w;
+        for (int ch = 0; ch < c; ch++)
+          for (int x = 0; x < w; x++) row[x * c + ch] = static_cast<float>(data[ch * plane + static_cast<int64_t>(oy) * w + x]);
+      }
+      return;
+    }
     const int k = ty.k;
     const int *iy = &ty.idx[oy * k];
     const float *wy = &ty.w[oy * k];
@@ -107,7 +120,6 @@ struct Source {
       }
     }
     const float *tb = tmp.data();
-    const int out_w = static_cast<int>(tx.idx.size()) / tx.k;
     const int kx = tx.k;
     if (kx == 2 && c == 3) {
       // Four lanes per pixel (RGB and one lane of the next pixel, overwritten by the next store): two loads,
@@ -234,6 +246,10 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
     for (int y = 0; y < oh; y++) {
       src[i].Row(y, s.own.data(), s.tmp);
       src[j].Row(y, s.other.data(), s.tmp);
+      if (opt_.erase_before) {
+        EraseBefore(plan_.params[i], y, ow, c, s.own.data());
+        EraseBefore(plan_.params[j], y, ow, c, s.other.data());
+      }
       WriteRow(oi, plan_.params[i], y, oh, ow, c, s.own.data(), s.other.data(), s.mixed.data());
       WriteRow(oj, plan_.params[j], y, oh, ow, c, s.other.data(), s.own.data(), s.mixed.data());
     }
@@ -260,11 +276,31 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
       src[i].Row(y, s.own.data(), s.tmp);
       bool row_needs = p.kind == kMixup || (p.kind == kCutMix && y >= p.box[0] && y < p.box[2]);
       if (need_partner && row_needs) partner.Row(y, s.other.data(), s.tmp);
+      if (opt_.erase_before) {
+        EraseBefore(p, y, ow, c, s.own.data());
+        if (need_partner && row_needs) EraseBefore(plan_.params[p.partner], y, ow, c, s.other.data());
+      }
       WriteRow(o, p, y, oh, ow, c, s.own.data(), s.other.data(), s.mixed.data());
     }
   }
 
-  // Mix, flip, normalise, erase and store output row `y` of one sample.
+  // With `erase_before`: normalise row `y` of an image (unflipped, HWC) and erase its own regions there,
+  // before it is mixed (fills as on the GPU: `EraseFill`, indexed by the unflipped pixel).
+  void EraseBefore(const SampleParams &p, int y, int ow, int c, float *row) const {
+    for (int x = 0; x < ow; x++) {
+      const int region = EraseRegionAt(p, y, x);
+      for (int ch = 0; ch < c; ch++) {
+        float &v = row[x * c + ch];
+        v = region >= 0 ? EraseFill(opt_.erase_mode, p.seed, region, y, x, ow, c, ch) : (v - Mean(ch)) * InvStd(ch);
+      }
+    }
+  }
+
+  float Mean(int ch) const { return opt_.mean.size() == 1 ? opt_.mean[0] : opt_.mean[ch]; }
+  float InvStd(int ch) const { return opt_.inv_std.size() == 1 ? opt_.inv_std[0] : opt_.inv_std[ch]; }
+
+  // Mix, flip, normalise, erase and store output row `y` of one sample (rows already normalised and
+  // erased with `erase_before`: mix, flip and store).
   template <typename Out>
   void WriteRow(Out *out, const SampleParams &p, int y, int oh, int ow, int c, const float *own,
                 const float *other, float *mixed) const {
@@ -282,8 +318,8 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
     }
     float mean[kMaxChannels], inv[kMaxChannels];
     for (int ch = 0; ch < c; ch++) {
-      mean[ch] = opt_.mean.size() == 1 ? opt_.mean[0] : opt_.mean[ch];
-      inv[ch] = opt_.inv_std.size() == 1 ? opt_.inv_std[0] : opt_.inv_std[ch];
+      mean[ch] = opt_.erase_before ? 0.0f : Mean(ch);
+      inv[ch] = opt_.erase_before ? 1.0f : InvStd(ch);
     }
     const int64_t plane = static_cast<int64_t>(oh) * ow;
     if (!opt_.out_chw) {
@@ -313,7 +349,7 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
         }
       }
     }
-    for (int r = 0; r < p.num_erase; r++) {
+    for (int r = 0; r < (opt_.erase_before ? 0 : p.num_erase); r++) {
       const int *e = p.erase[r];
       if (y < e[0] || y >= e[2]) continue;
       int x0 = std::max(e[1], 0), x1 = std::min(e[3], ow);
@@ -370,7 +406,10 @@ as `dtype` in `output_layout`.)")
                          "filled after normalisation; empty regions are skipped.", std::vector<int>{}, true)
     .AddOptionalArg("erase_mode", "0: fill 0; 1: one normal value per region and channel; 2: normal noise "
                     "per pixel.", 0)
-    .AddOptionalArg("erase_seed", "Per-sample seed of the erasing noise.", 0, true);
+    .AddOptionalArg("erase_seed", "Per-sample seed of the erasing noise.", 0, true)
+    .AddOptionalArg("erase_before", "Erase each image's own regions (in its unflipped coordinates) before it is "
+                    "mixed, as DeiT and torchvision do; default: erase the mixed output, as timm's train.py does.",
+                    false);
 
 DALI_REGISTER_OPERATOR(dalimix__ResampleMix, ::dalimix::ResampleMixCPU, CPU);
 
