@@ -12,25 +12,34 @@ import numpy as np
 M64 = (1 << 64) - 1
 
 
-def axis_taps(n_in: int, n_out: int, antialias: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def cubic_kernel(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel, a = -0.5 (PIL's bicubic)."""
+    a, x = -0.5, np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def axis_taps(n_in: int, n_out: int, antialias: bool, cubic: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     scale = n_in / n_out
-    radius = scale if antialias and scale > 1 else 1.0
+    stretch = scale if antialias and scale > 1 else 1.0
+    radius = (2.0 if cubic else 1.0) * stretch
     out = []
     for o in range(n_out):
         centre = (o + 0.5) * scale - 0.5
         first = int(np.floor(centre - radius)) + 1
         last = int(np.floor(centre + radius))
         idx = np.arange(first, last + 1)
-        w = np.maximum(0.0, 1.0 - np.abs(idx - centre) / radius)
+        w = cubic_kernel((idx - centre) / stretch) if cubic else np.maximum(0.0, 1.0 - np.abs(idx - centre) / radius)
         out.append((np.clip(idx, 0, n_in - 1), w / w.sum()))
     return out
 
 
-def resample(img_hwc: np.ndarray, oh: int, ow: int, antialias: bool = False) -> np.ndarray:
+def resample(img_hwc: np.ndarray, oh: int, ow: int, antialias: bool = False, cubic: bool = False) -> np.ndarray:
+    """Resample to oh x ow; the cubic filter's overshoot is clipped to 0..255 for uint8 input."""
     img = img_hwc.astype(np.float64)
-    rows = np.stack([np.tensordot(w, img[i], axes=(0, 0)) for i, w in axis_taps(img.shape[0], oh, antialias)])
-    return np.stack([np.tensordot(w, rows[:, i], axes=(0, 1)) for i, w in axis_taps(img.shape[1], ow, antialias)],
-                    axis=1)
+    rows = np.stack([np.tensordot(w, img[i], axes=(0, 0)) for i, w in axis_taps(img.shape[0], oh, antialias, cubic)])
+    out = np.stack([np.tensordot(w, rows[:, i], axes=(0, 1))
+                    for i, w in axis_taps(img.shape[1], ow, antialias, cubic)], axis=1)
+    return np.clip(out, 0, 255) if cubic and img_hwc.dtype == np.uint8 else out
 
 
 def hash3(a: int, b: int, c: int) -> int:
@@ -75,7 +84,7 @@ def _erase(v: np.ndarray, regions, erase_mode: int, seed: int) -> np.ndarray:
 
 def fused(images: list[np.ndarray], *, size=None, antialias=False, partner=None, kind=None, weight=None,
           box=None, mirror=None, mean=(0.0,), std=(1.0,), erase=None, erase_mode=0, seed=None,
-          erase_before=False) -> list[np.ndarray]:
+          erase_before=False, interp=1) -> list[np.ndarray]:
     """HWC float64 outputs of `resample_mix` for HWC inputs and per-sample parameters.
 
     erase_before: each image's own regions (in its unflipped coordinates) are erased before mixing, so a
@@ -92,7 +101,7 @@ def fused(images: list[np.ndarray], *, size=None, antialias=False, partner=None,
         s = np.broadcast_to(np.asarray(std, np.float64), (c,))
 
         def source(j: int) -> np.ndarray:
-            v = resample(images[j], oh, ow, antialias)
+            v = resample(images[j], oh, ow, antialias, cubic=interp == 2)
             if erase_before:
                 v = _erase((v - m) / s, _regions(erase, j), erase_mode, seed[j] if seed is not None else 0)
             return v

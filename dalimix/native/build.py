@@ -25,11 +25,14 @@ from typing import Optional
 
 SRC = Path(__file__).resolve().parent / "src"
 CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "fused_gpu_emulator.cc", "mix_params.cc", "erase_params.cc",
-               "parse_label.cc")
-# Targets must equal NumPy's float32 arithmetic bit for bit: no fused multiply-add there.
-EXACT_SOURCES = ("mix_params.cc", "erase_params.cc")
-GPU_SOURCES = ("fused_gpu.cu",)
-HEADERS = ("fused_math.h", "fused_args.h", "fused_pixel.h", "fused_launch.h")
+               "parse_label.cc", "policy_program.cc", "policy_apply_cpu.cc")
+# Targets must equal NumPy's float32 arithmetic, programs Python's and policies Pillow's, bit for bit: no
+# fused multiply-add there.
+EXACT_SOURCES = ("mix_params.cc", "erase_params.cc", "policy_program.cc", "policy_apply_cpu.cc")
+GPU_SOURCES = ("fused_gpu.cu", "policy_apply_gpu.cu")
+EXACT_GPU_SOURCES = ("policy_apply_gpu.cu",)
+HEADERS = ("fused_math.h", "fused_args.h", "fused_pixel.h", "fused_launch.h", "policy_ops.h", "policy_apply.h",
+           "policy_host.h", "resample_cpu.h")
 CPU_LIB = "libdalimix_ops.so"
 GPU_LIB = "libdalimix_ops_cuda.so"
 # SASS for these GPUs where the nvcc in use can build it (always sm_80 and sm_90: A100, H100), plus PTX of
@@ -214,11 +217,14 @@ def _build_cpu(tc: Toolchain, out_dir: Path, tmp: Path) -> Path:
 
 def _build_gpu(tc: Toolchain, out_dir: Path, tmp: Path, final: Path) -> Path:
     assert tc.nvcc is not None
-    objs = []
-    for name in GPU_SOURCES:
+    def compile_one(name: str) -> Path:
         obj = tmp / (name + ".o")
-        _run([tc.nvcc, *nvcc_flags(tc), "-c", str(SRC / name), "-o", str(obj)], f"compiling {name} with nvcc")
-        objs.append(obj)
+        extra = ["-fmad=false"] if name in EXACT_GPU_SOURCES else []
+        _run([tc.nvcc, *nvcc_flags(tc), *extra, "-c", str(SRC / name), "-o", str(obj)], f"compiling {name} with nvcc")
+        return obj
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(GPU_SOURCES), os.cpu_count() or 1))) as pool:
+        objs = list(pool.map(compile_one, GPU_SOURCES))
     lib = tmp / GPU_LIB
     # Linked against the CPU library, which defines the operator schemas the GPU backend attaches to.
     _run([tc.nvcc, "-shared", "-cudart", "static", "-o", str(lib), *map(str, objs),

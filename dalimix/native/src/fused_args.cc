@@ -99,6 +99,7 @@ std::vector<SampleParams> ReadSampleParams(const dali::OpSpec &spec, const dali:
   auto box = PerSample(spec, ws, "box", n, 4, {0.0, 0.0, 0.0, 0.0});
   auto mirror = PerSample(spec, ws, "mirror", n, 1, {0.0});
   auto seed = PerSample(spec, ws, "erase_seed", n, 1, {0.0});
+  auto interp = PerSample(spec, ws, "interp", n, 1, {static_cast<double>(spec.GetArgument<int>("interp"))});
   auto erase = PerSample(spec, ws, "erase", n, 4 * kMaxEraseRegions,
                          std::vector<double>(4 * kMaxEraseRegions, 0.0), true);
   std::vector<SampleParams> out(n);
@@ -115,6 +116,9 @@ std::vector<SampleParams> ReadSampleParams(const dali::OpSpec &spec, const dali:
     for (int k = 0; k < 4; k++) p.box[k] = static_cast<int>(box[4 * i + k]);
     p.mirror = mirror[i] != 0.0;
     p.seed = static_cast<uint32_t>(static_cast<int64_t>(seed[i]));
+    DALI_ENFORCE(interp[i] == 1.0 || interp[i] == 2.0, dali::make_string(
+        "dalimix: `interp` must be 1 (bilinear) or 2 (bicubic), sample ", i, " has ", interp[i]));
+    p.cubic = interp[i] == 2.0;
     for (int r = 0; r < kMaxEraseRegions; r++) {
       const double *e = &erase[(static_cast<size_t>(i) * kMaxEraseRegions + r) * 4];
       if (e[2] > e[0] && e[3] > e[1]) {

@@ -5,12 +5,14 @@
 // partners are processed together so that each image of the batch is resampled exactly once.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "dali/core/float16.h"
 #include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "fused_args.h"
+#include "resample_cpu.h"
 
 namespace dalimix {
 
@@ -18,131 +20,6 @@ using dali::CPUBackend;
 using dali::OutputDesc;
 using dali::TensorListShape;
 using dali::Workspace;
-
-// Filter taps of one axis: for each output index, `k` clamped input indices and normalised weights.
-struct AxisTaps {
-  int k = 0;
-  std::vector<int> idx;
-  std::vector<float> w;
-  int lo = 0, hi = 0;  // range of input indices used, [lo, hi]
-
-  void Build(int n_in, int n_out, bool antialias) {
-    float scale = static_cast<float>(n_in) / static_cast<float>(n_out);
-    float radius = FilterRadius(scale, antialias);
-    k = TapCount(radius);
-    idx.assign(static_cast<size_t>(n_out) * k, 0);
-    w.assign(static_cast<size_t>(n_out) * k, 0.0f);
-    lo = n_in - 1;
-    hi = 0;
-    for (int o = 0; o < n_out; o++) {
-      float c = SourceCentre(o, scale);
-      int first = FirstTap(c, radius);
-      float sum = 0.0f;
-      for (int t = 0; t < k; t++) {
-        float wt = TapWeight(first + t, c, radius);
-        int i = Clamp(first + t, 0, n_in - 1);
-        idx[o * k + t] = i;
-        w[o * k + t] = wt;
-        sum += wt;
-        if (wt > 0.0f) {
-          lo = std::min(lo, i);
-          hi = std::max(hi, i);
-        }
-      }
-      for (int t = 0; t < k; t++) w[o * k + t] /= sum;
-    }
-    if (lo > hi) lo = hi = 0;
-  }
-};
-
-// Four floats in one SIMD register (GCC / clang vector extension; SSE on x86-64, NEON on ARM).
-typedef float V4 __attribute__((vector_size(16)));
-
-// One input image and its resampling tables.
-template <typename In>
-struct Source {
-  const In *data = nullptr;
-  int h = 0, w = 0, c = 0;
-  bool chw = false;
-  AxisTaps ty, tx;
-
-  // Output row `oy` (HWC order, `out_w * c` floats) into `row`; `tmp` holds the vertical pass.
-  void Row(int oy, float *row, std::vector<float> &tmp) const {
-    const int out_w = static_cast<int>(tx.idx.size()) / tx.k;
-    const int out_h = static_cast<int>(ty.idx.size()) / ty.k;
-    if (out_w == w && out_h == h) {  // the identity (crop-sized input after a per-sample policy): convert
-      if (!chw) {
-        const In *r = data + static_cast<int64_t>(oy) * w * c;
-        for (int j = 0; j < w * c; j++) row[j] = static_cast<float>(r[j]);
-      } else {
-        const int64_t plane = static_cast<int64_t>(h) * w;
-        for (int ch = 0; ch < c; ch++)
-          for (int x = 0; x < w; x++) row[x * c + ch] = static_cast<float>(data[ch * plane + static_cast<int64_t>(oy) * w + x]);
-      }
-      return;
-    }
-    const int k = ty.k;
-    const int *iy = &ty.idx[oy * k];
-    const float *wy = &ty.w[oy * k];
-    const int x0 = tx.lo, xn = tx.hi - tx.lo + 1;
-    tmp.resize(static_cast<size_t>(w) * c + 1);
-    float *t = tmp.data() + static_cast<size_t>(x0) * c;
-    if (!chw) {
-      const int64_t stride = static_cast<int64_t>(w) * c;
-      const In *r0 = data + iy[0] * stride + static_cast<int64_t>(x0) * c;
-      const int len = xn * c;
-      if (k == 2) {
-        const In *r1 = data + iy[1] * stride + static_cast<int64_t>(x0) * c;
-        const float w0 = wy[0], w1 = wy[1];
-        if (w1 == 0.0f) {
-          for (int j = 0; j < len; j++) t[j] = static_cast<float>(r0[j]);
-        } else {
-          for (int j = 0; j < len; j++) t[j] = w0 * static_cast<float>(r0[j]) + w1 * static_cast<float>(r1[j]);
-        }
-      } else {
-        for (int j = 0; j < len; j++) t[j] = wy[0] * static_cast<float>(r0[j]);
-        for (int q = 1; q < k; q++) {
-          if (wy[q] == 0.0f) continue;
-          const In *rq = data + iy[q] * stride + static_cast<int64_t>(x0) * c;
-          const float wq = wy[q];
-          for (int j = 0; j < len; j++) t[j] += wq * static_cast<float>(rq[j]);
-        }
-      }
-    } else {
-      const int64_t plane = static_cast<int64_t>(h) * w;
-      for (int ch = 0; ch < c; ch++) {
-        for (int x = 0; x < xn; x++) {
-          float acc = 0.0f;
-          for (int q = 0; q < k; q++)
-            acc += wy[q] * static_cast<float>(data[ch * plane + static_cast<int64_t>(iy[q]) * w + x0 + x]);
-          t[x * c + ch] = acc;
-        }
-      }
-    }
-    const float *tb = tmp.data();
-    const int kx = tx.k;
-    if (kx == 2 && c == 3) {
-      // Four lanes per pixel (RGB and one lane of the next pixel, overwritten by the next store): two loads,
-      // a multiply and an FMA per output pixel instead of six of each. `tmp` and `row` carry one float
-      // of padding for the last pixel.
-      for (int ox = 0; ox < out_w; ox++) {
-        V4 a, b;
-        std::memcpy(&a, tb + tx.idx[2 * ox] * 3, sizeof(V4));
-        std::memcpy(&b, tb + tx.idx[2 * ox + 1] * 3, sizeof(V4));
-        V4 v = a * tx.w[2 * ox] + b * tx.w[2 * ox + 1];
-        std::memcpy(row + 3 * ox, &v, sizeof(V4));
-      }
-      return;
-    }
-    for (int ox = 0; ox < out_w; ox++) {
-      for (int ch = 0; ch < c; ch++) {
-        float acc = 0.0f;
-        for (int q = 0; q < kx; q++) acc += tx.w[ox * kx + q] * tb[tx.idx[ox * kx + q] * c + ch];
-        row[ox * c + ch] = acc;
-      }
-    }
-  }
-};
 
 // The float16 type written: the compiler's own where it has one (hardware conversion, vectorisable),
 // else DALI's software float16. Both are IEEE half precision, rounded to nearest.
@@ -204,13 +81,14 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
       Source<In> &S = src[i];
       S.data = in.template tensor<In>(i);
       S.chw = plan_.chw_in;
+      S.clip = plan_.params[i].cubic && std::is_same<In, uint8_t>::value;
       InputHWC(s, plan_.chw_in, S.h, S.w, S.c);
     }
     // Tables per (image, output size) pair actually needed: the own size of each output sample.
     for (int i = 0; i < n; i++) {
       int oh = OutH(i), ow = OutW(i);
-      src[i].ty.Build(src[i].h, oh, opt_.antialias);
-      src[i].tx.Build(src[i].w, ow, opt_.antialias);
+      src[i].ty.Build(src[i].h, oh, opt_.antialias, plan_.params[i].cubic);
+      src[i].tx.Build(src[i].w, ow, opt_.antialias, plan_.params[i].cubic);
     }
     auto &pool = ws.GetThreadPool();
     std::vector<char> queued(n, 0);
@@ -218,7 +96,7 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
       if (queued[i]) continue;
       int j = plan_.params[i].partner;
       bool mutual = j != i && plan_.params[j].partner == i && !queued[j] && OutH(i) == OutH(j) &&
-                    OutW(i) == OutW(j);
+                    OutW(i) == OutW(j) && plan_.params[i].cubic == plan_.params[j].cubic;
       queued[i] = 1;
       if (mutual) queued[j] = 1;
       int64_t cost = static_cast<int64_t>(src[i].h) * src[i].w * (mutual ? 2 : 1);
@@ -266,9 +144,10 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
     // The partner is resampled to this sample's output size with its own tables.
     Source<In> partner = src[p.partner];
     bool need_partner = p.kind != kMixNone;
-    if (need_partner && (OutH(p.partner) != oh || OutW(p.partner) != ow)) {
-      partner.ty.Build(partner.h, oh, opt_.antialias);
-      partner.tx.Build(partner.w, ow, opt_.antialias);
+    if (need_partner && (OutH(p.partner) != oh || OutW(p.partner) != ow || plan_.params[p.partner].cubic != p.cubic)) {
+      partner.ty.Build(partner.h, oh, opt_.antialias, p.cubic);
+      partner.tx.Build(partner.w, ow, opt_.antialias, p.cubic);
+      partner.clip = p.cubic && std::is_same<In, uint8_t>::value;
     }
     DALI_ENFORCE(!need_partner || partner.c == c, "dalimix.resample_mix: partners differ in channels");
     Out *o = static_cast<Out *>(out.raw_mutable_tensor(i));
@@ -387,7 +266,9 @@ as `dtype` in `output_layout`.)")
     .NumInput(1)
     .NumOutput(1)
     .AddOptionalArg<int>("size", "Output (height, width); empty: each image's own size.", std::vector<int>{})
-    .AddOptionalArg("antialias", "Antialias downscaling (a triangle filter as wide as the scale).", false)
+    .AddOptionalArg("antialias", "Antialias downscaling (a filter widened by the scale).", false)
+    .AddOptionalArg("interp", "Resampling filter per sample: 1 bilinear (triangle), 2 bicubic (Keys, a = -0.5; "
+                    "uint8 input clipped to 0..255 as an 8-bit image is).", 1, true)
     .AddOptionalArg("partner", "Index in the batch of the sample mixed in (-1: none).", -1, true)
     .AddOptionalArg("kind", "0 none, 1 mixup, 2 CutMix.", 0, true)
     .AddOptionalArg("weight", "Share of the own image in a mixup blend.", 1.0f, true)

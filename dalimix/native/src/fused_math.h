@@ -26,10 +26,20 @@ DMX_HD float SourceCentre(int o, float scale) {
   return (static_cast<float>(o) + 0.5f) * scale - 0.5f;
 }
 
-// Radius of the triangle filter in input pixels: 1 is bilinear; antialiasing a downscale widens it to
-// the scale so that every input pixel contributes.
-DMX_HD float FilterRadius(float scale, bool antialias) {
-  return (antialias && scale > 1.0f) ? scale : 1.0f;
+// Radius of the filter in input pixels: the triangle's 1 (bilinear) or the cubic's 2 (bicubic);
+// antialiasing a downscale widens it by the scale so that every input pixel contributes.
+DMX_HD float FilterRadius(float scale, bool antialias, bool cubic = false) {
+  const float s = (antialias && scale > 1.0f) ? scale : 1.0f;
+  return cubic ? 2.0f * s : s;
+}
+
+// Keys' cubic convolution kernel with a = -0.5 (PIL's and DALI's bicubic), at distance `x` in taps.
+DMX_HD float CubicKernel(float x) {
+  const float a = -0.5f;
+  x = fabsf(x);
+  if (x < 1.0f) return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f;
+  if (x < 2.0f) return (((x - 5.0f) * x + 8.0f) * x - 4.0f) * a;
+  return 0.0f;
 }
 
 // First input index of the filter window around `centre`.
@@ -42,9 +52,15 @@ DMX_HD int TapCount(float radius) {
   return radius <= 1.0f ? 2 : static_cast<int>(ceilf(2.0f * radius)) + 1;
 }
 
-DMX_HD float TapWeight(int index, float centre, float radius) {
+DMX_HD float TapWeight(int index, float centre, float radius, bool cubic = false) {
+  if (cubic) return CubicKernel((static_cast<float>(index) - centre) / (0.5f * radius));
   float w = 1.0f - fabsf(static_cast<float>(index) - centre) / radius;
   return w > 0.0f ? w : 0.0f;
+}
+
+// A cubic resample of uint8 data overshoots the input's range: clip as an 8-bit image would.
+DMX_HD float ClipLevel(float v) {
+  return v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
 }
 
 DMX_HD int Clamp(int v, int lo, int hi) {

@@ -21,6 +21,7 @@ struct PixelParams {
   int num_erase = 0;
   int erase[kMaxEraseRegions][4] = {};
   uint32_t seed = 0;
+  bool cubic = false;  // Keys' cubic instead of the triangle; uint8 input clipped to 0..255
 };
 
 // Where one output sample reads from and writes to (device pointers on the GPU).
@@ -55,7 +56,7 @@ DMX_HD float LoadAt(const In *img, int64_t at) {
 // Channel values of `img` (h x w, `c` channels) resampled at output pixel (oy, ox) of an oh x ow image.
 template <typename In>
 DMX_HD void ResampleAt(const In *img, int h, int w, int c, bool chw, int oh, int ow, int oy, int ox, bool antialias,
-                       float *v) {
+                       float *v, bool cubic = false) {
   const int64_t plane = static_cast<int64_t>(h) * w;
   if (h == oh && w == ow) {  // the identity: crop-sized input (after a per-sample policy), one load
     for (int ch = 0; ch < c; ch++) {
@@ -66,21 +67,21 @@ DMX_HD void ResampleAt(const In *img, int h, int w, int c, bool chw, int oh, int
   }
   const float sy = static_cast<float>(h) / oh, sx = static_cast<float>(w) / ow;
   const float cy = SourceCentre(oy, sy), cx = SourceCentre(ox, sx);
-  const float ry = FilterRadius(sy, antialias), rx = FilterRadius(sx, antialias);
+  const float ry = FilterRadius(sy, antialias, cubic), rx = FilterRadius(sx, antialias, cubic);
   const int fy = FirstTap(cy, ry), fx = FirstTap(cx, rx);
   const int ky = TapCount(ry), kx = TapCount(rx);
   float sum_x = 0.0f;
-  for (int t = 0; t < kx; t++) sum_x += TapWeight(fx + t, cx, rx);
+  for (int t = 0; t < kx; t++) sum_x += TapWeight(fx + t, cx, rx, cubic);
   float sum_y = 0.0f;
   float acc[kMaxChannels] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int ty = 0; ty < ky; ty++) {
-    const float wy = TapWeight(fy + ty, cy, ry);
+    const float wy = TapWeight(fy + ty, cy, ry, cubic);
     if (wy == 0.0f) continue;
     sum_y += wy;
     const int y = Clamp(fy + ty, 0, h - 1);
     float racc[kMaxChannels] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int tx = 0; tx < kx; tx++) {
-      const float wx = TapWeight(fx + tx, cx, rx);
+      const float wx = TapWeight(fx + tx, cx, rx, cubic);
       if (wx == 0.0f) continue;
       const int x = Clamp(fx + tx, 0, w - 1);
       for (int ch = 0; ch < c; ch++) {
@@ -91,7 +92,8 @@ DMX_HD void ResampleAt(const In *img, int h, int w, int c, bool chw, int oh, int
     for (int ch = 0; ch < c; ch++) acc[ch] += wy * racc[ch];
   }
   const float norm = 1.0f / (sum_x * sum_y);
-  for (int ch = 0; ch < c; ch++) v[ch] = acc[ch] * norm;
+  const bool clip = cubic && sizeof(In) == 1;
+  for (int ch = 0; ch < c; ch++) v[ch] = clip ? ClipLevel(acc[ch] * norm) : acc[ch] * norm;
 }
 
 // The erase region of `p` (the last one listed) covering (y, x), or -1.
@@ -117,8 +119,8 @@ DMX_HD float EraseFill(int mode, uint32_t seed, int region, int y, int x, int ow
 // (re_order "before_mix": each image erased before it is mixed).
 template <typename In>
 DMX_HD void ErasedSource(const void *img, int h, int w, int c, const PixelParams &p, const PixelLaunch &L, int oh,
-                         int ow, int oy, int ex, float *v) {
-  ResampleAt(static_cast<const In *>(img), h, w, c, L.chw_in, oh, ow, oy, ex, L.antialias, v);
+                         int ow, int oy, int ex, bool cubic, float *v) {
+  ResampleAt(static_cast<const In *>(img), h, w, c, L.chw_in, oh, ow, oy, ex, L.antialias, v, cubic);
   const int region = EraseRegionAt(p, oy, ex);
   for (int ch = 0; ch < c; ch++) {
     v[ch] = region >= 0 ? EraseFill(L.erase_mode, p.seed, region, oy, ex, ow, c, ch)
@@ -164,12 +166,12 @@ DMX_HD void FusedPixel(const PixelSample *samples, int i, const PixelLaunch &L, 
   if (L.erase_before) {
     const PixelParams &q = samples[p.partner].p;
     if (pasted) {
-      ErasedSource<In>(s.partner_in, s.ph, s.pw, c, q, L, s.oh, s.ow, oy, ex, v);
+      ErasedSource<In>(s.partner_in, s.ph, s.pw, c, q, L, s.oh, s.ow, oy, ex, p.cubic, v);
     } else {
-      ErasedSource<In>(s.in, s.h, s.w, c, p, L, s.oh, s.ow, oy, ex, v);
+      ErasedSource<In>(s.in, s.h, s.w, c, p, L, s.oh, s.ow, oy, ex, p.cubic, v);
       if (p.kind == kMixup) {
         float b[kMaxChannels];
-        ErasedSource<In>(s.partner_in, s.ph, s.pw, c, q, L, s.oh, s.ow, oy, ex, b);
+        ErasedSource<In>(s.partner_in, s.ph, s.pw, c, q, L, s.oh, s.ow, oy, ex, p.cubic, b);
         for (int ch = 0; ch < c; ch++) v[ch] = p.weight * v[ch] + (1.0f - p.weight) * b[ch];
       }
     }
@@ -177,12 +179,12 @@ DMX_HD void FusedPixel(const PixelSample *samples, int i, const PixelLaunch &L, 
     return;
   }
   if (pasted) {
-    ResampleAt(static_cast<const In *>(s.partner_in), s.ph, s.pw, c, L.chw_in, s.oh, s.ow, oy, ex, L.antialias, v);
+    ResampleAt(static_cast<const In *>(s.partner_in), s.ph, s.pw, c, L.chw_in, s.oh, s.ow, oy, ex, L.antialias, v, p.cubic);
   } else {
-    ResampleAt(static_cast<const In *>(s.in), s.h, s.w, c, L.chw_in, s.oh, s.ow, oy, ex, L.antialias, v);
+    ResampleAt(static_cast<const In *>(s.in), s.h, s.w, c, L.chw_in, s.oh, s.ow, oy, ex, L.antialias, v, p.cubic);
     if (p.kind == kMixup) {
       float q[kMaxChannels];
-      ResampleAt(static_cast<const In *>(s.partner_in), s.ph, s.pw, c, L.chw_in, s.oh, s.ow, oy, ex, L.antialias, q);
+      ResampleAt(static_cast<const In *>(s.partner_in), s.ph, s.pw, c, L.chw_in, s.oh, s.ow, oy, ex, L.antialias, q, p.cubic);
       const float a = p.weight, b = 1.0f - p.weight;
       for (int ch = 0; ch < c; ch++) v[ch] = a * v[ch] + b * q[ch];
     }
