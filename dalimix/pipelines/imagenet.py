@@ -18,12 +18,16 @@ from dalimix import validation as V
 from dalimix.config import MixConfig
 from dalimix.data import shards
 from dalimix.ops import erasing as erasing_ops
+from dalimix.ops.policy import parse_color_jitter, parse_policy
 from dalimix.ops.schedule import MixSchedule
 from dalimix.pipelines.inputs import READER, make_source, read_samples
 from dalimix.pipelines.options import (DECODER_OPTIONS, IMAGENET_MEAN, IMAGENET_STD, decoder_options as
                                        check_decoder_options, graph_dtype, normalize_device, prefetch_depth, seeds)
 from dalimix.pipelines.train_graph import STAGES, TrainGraph, normalize_images
 from dalimix.spec import PipelineSpec
+
+TRAIN_INTERPOLATIONS = ("bilinear", "bicubic", "random")
+RE_ORDERS = ("after_mix", "before_mix")
 
 __all__ = ["train_pipeline", "val_pipeline", "IMAGENET_MEAN", "IMAGENET_STD", "DECODER_OPTIONS", "STAGES", "READER",
            "TrainGraph", "make_source", "read_samples", "normalize_images"]
@@ -40,12 +44,20 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
                    checkpoint: Optional[bytes] = None, allow_outside_root: bool = False,
                    max_batches_per_epoch: Optional[int] = None,
-                   decoder_options: Optional[dict] = None) -> PipelineSpec:
+                   decoder_options: Optional[dict] = None, auto_augment: Optional[str] = None,
+                   color_jitter: Any = None, interpolation: str = "bilinear",
+                   re_order: str = "after_mix") -> PipelineSpec:
     """The ImageNet training pipeline, outputs `("images", "targets")`, as a `PipelineSpec`.
 
-    Decode is fused with the random-resized crop (`scale`, `ratio`), then resample to `crop`, optional
+    Decode is fused with the random-resized crop (`scale`, `ratio`), then resample to `crop`
+    (`interpolation` "bilinear", "bicubic", or "random": either per image, as timm's train.py), optional
     mixup / CutMix (`mix`), random flip, normalisation to `dtype` CHW (HWC with `channels_last`) and
-    optional random erasing. Each epoch is a seeded shuffle, sharded so every shard yields the same number
+    optional random erasing, after mixing (timm's train.py) or, with `re_order="before_mix"`, each image's
+    own regions before it is mixed (DeiT, ConvNeXt, torchvision). `auto_augment` runs a per-sample policy
+    with its library's meaning: timm's strings (`"rand-m9-mstd0.5-inc1"`, `"3a"`, ...) or torchvision's
+    (`"ra"`, `"ta_wide"`, `"imagenet"`), and `color_jitter` (a number, or (b, c, s[, h])) torchvision's
+    ColorJitter after it; then the order is crop -> resize to `crop` -> flip -> policy / jitter -> mix ->
+    normalise (timm turns colour jitter off when it runs a policy other than 3a: pass None then). Each epoch is a seeded shuffle, sharded so every shard yields the same number
     of full batches; the last partial batch is dropped. `mix_off_epoch` turns mixing off from that epoch on
     (the schedule is a per-iteration input: `DaliLoader.set_mix` changes it between epochs).
     `first_epoch` is the dataset epoch the pipeline starts at. `checkpoint` (from `DaliLoader.checkpoint()`)
@@ -67,6 +79,10 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
         raise V.ArgumentError("mix", f"mix must be None or a dalimix.MixConfig, got {type(mix).__name__}")
     out_dtype, loader_dtype = graph_dtype(dtype)
     erasing = erasing_ops.ErasingConfig(prob=re_prob, mode=re_mode, count=re_count)
+    V.one_of("interpolation", interpolation, TRAIN_INTERPOLATIONS)
+    V.one_of("re_order", re_order, RE_ORDERS)
+    policy = parse_policy(auto_augment, mean=mean, interpolation=interpolation)
+    jitter = parse_color_jitter(color_jitter)
     V.optional_epoch("mix_off_epoch", mix_off_epoch)
     V.optional_epoch("first_epoch", first_epoch)
     device, dev_id = normalize_device(device, device_id)
@@ -86,7 +102,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     body = TrainGraph(crop=crop, device=device, device_id=dev_id, mix=mix, scale=scale, ratio=ratio,
                       flip_prob=flip_prob, dtype=out_dtype, layout=layout, mean=tuple(mean), std=tuple(std),
                       antialias=antialias, erasing=erasing,
-                      decoder_options=check_decoder_options(decoder_options, device))
+                      decoder_options=check_decoder_options(decoder_options, device), policy=policy, jitter=jitter,
+                      interpolation=interpolation, erase_before=re_order == "before_mix")
     stock_gpu = device == "gpu" and not body.native
     prefetch = prefetch_depth(prefetch_queue_depth, graph_reads_gpu_shapes=stock_gpu and (
         erasing.prob > 0 or (mix is not None and mix.mixing)),
@@ -128,10 +145,12 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
                  channels_last: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, antialias: bool = True, verify_files: bool = True,
                  classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
-                 allow_outside_root: bool = False, max_batches_per_epoch: Optional[int] = None) -> PipelineSpec:
+                 allow_outside_root: bool = False, max_batches_per_epoch: Optional[int] = None,
+                 interpolation: str = "bilinear") -> PipelineSpec:
     """The ImageNet validation pipeline, outputs `("images", "targets")` with int labels, as a `PipelineSpec`.
 
-    Resize the shorter side to `resize`, centre-crop `crop`, normalise. Shards are contiguous ranges that
+    Resize the shorter side to `resize` (`interpolation` "bilinear" or "bicubic"), centre-crop `crop`,
+    normalise. Shards are contiguous ranges that
     together cover every image exactly once; the last batch is short rather than padded.
     `max_batches_per_epoch` evaluates only the first batches of each shard (smoke runs).
     """
@@ -141,6 +160,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     if crop > resize:
         raise V.ArgumentError("crop", f"crop ({crop}) must not exceed resize ({resize})")
     out_dtype, loader_dtype = graph_dtype(dtype)
+    V.one_of("interpolation", interpolation, ("bilinear", "bicubic"))
     device, dev_id = normalize_device(device, device_id)
     prefetch = prefetch_depth(prefetch_queue_depth)
     source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
@@ -154,13 +174,14 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     def graph():
         jpegs, labels = read_samples(source, train=False, seed=0)
         images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
-        images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_LINEAR, antialias=antialias)
+        images = fn.resize(images, resize_shorter=resize, antialias=antialias,
+                           interp_type=types.INTERP_CUBIC if interpolation == "bicubic" else types.INTERP_LINEAR)
         images = normalize_images(images, crop=crop, mirror=0, dtype=out_dtype, layout=layout, mean=mean, std=std)
         return images, (labels.gpu() if device == "gpu" else labels)
 
     pipe = graph()
     settings = (f"device={device!r}, dtype={dtype!r}, channels_last={channels_last}, crop={crop}, resize={resize}, "
-                f"antialias={antialias}")
+                f"interpolation={interpolation!r}, antialias={antialias}")
     sharded = isinstance(source, shards.ShardSource)
     return PipelineSpec(pipeline=pipe, outputs=("images", "targets"), source=source, last_batch="partial",
                         layout=layout, classes=list(source.classes), settings=settings, output_dtype=loader_dtype,

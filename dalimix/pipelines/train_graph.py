@@ -1,6 +1,8 @@
 """The body of the ImageNet train graph, from encoded files to (images, targets): decode fused with the
 random-resized crop, then dalimix's fused operator (resample, mix, flip, normalise, erase) or, without
-the native plugin, stock DALI operators doing the same."""
+the native plugin, stock DALI operators doing the same. With a per-sample policy or colour jitter, the
+recipes' order: crop -> resize to the crop (uint8) -> flip -> policy / jitter (`dalimix.ops.policy`) -> mix ->
+normalise, erasing after mixing or, with `erase_before`, each image's own regions before."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ from dalimix.config import MixConfig
 from dalimix.ops import erasing as erasing_ops
 from dalimix.ops.mix import mix as mix_images
 from dalimix.ops.mix import mix_draws, native_mix_params
+from dalimix.ops.policy import graph as policy_graph
+from dalimix.ops.policy.spec import JitterSpec, PolicySpec
 from dalimix.ops.targets import smoothed_targets
 from dalimix.pipelines.options import DTYPES
 from dalimix import validation as V
@@ -26,8 +30,10 @@ def normalize_images(images: Any, *, crop: Optional[int], mirror: Any, dtype: st
 
 
 # Where a truncated train graph stops (the profiler's stage breakdown). The native path has no separate
-# resize: "augment" is the fused resample + flip + normalise, "mix" adds mixing to it.
+# resize: "augment" is the fused resample + flip + normalise, "mix" adds mixing to it. With a policy, "policy"
+# (resize + flip + the per-sample policy) comes before them.
 STAGES = {"native": ("read", "decode", "augment", "mix"), "stock": ("read", "decode", "resize", "augment", "mix")}
+INTERP_CODES = {"bilinear": 1, "bicubic": 2}
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,29 @@ class TrainGraph:
     antialias: bool
     erasing: erasing_ops.ErasingConfig
     decoder_options: tuple[tuple[str, Any], ...] = ()  # extra arguments of the GPU (mixed) decoder
+    policy: Optional[PolicySpec] = None     # a per-sample policy (timm's or torchvision's)
+    jitter: Optional[JitterSpec] = None     # colour jitter, after the policy
+    interpolation: str = "bilinear"         # the resample of the crop: "bilinear", "bicubic" or "random"
+    erase_before: bool = False              # erase each image's own regions before mixing (else the output)
 
     @property
     def native(self) -> bool:
         return native.available(self.device, self.device_id)
+
+    @property
+    def augmenting(self) -> bool:
+        """Whether a policy or colour jitter runs (then the crop is resized and flipped before it)."""
+        return self.policy is not None or self.jitter is not None
+
+    @property
+    def policy_device(self) -> str:
+        """Where the policy runs: with the images, unless the GPU has no native operator (then the CPU, with
+        the decode there too, and the crops go to the GPU after)."""
+        return "gpu" if self.device == "gpu" and self.native else "cpu"
+
+    def stages(self) -> tuple[str, ...]:
+        base = STAGES["native" if self.native else "stock"]
+        return base[:2] + ("policy",) + base[2:] if self.augmenting else base
 
     def describe(self) -> str:
         """The settings a failure may come from, by their `train_pipeline` names."""
@@ -66,24 +91,50 @@ class TrainGraph:
             if self.erasing.prob > 0 else "re_prob=0"
         path = "dalimix native operators" if self.native else \
             f"stock DALI operators ({native.why_unavailable(self.device, self.device_id)})"
+        policy = f"auto_augment={self.policy.text!r}, " if self.policy is not None else ""
+        jitter = f"color_jitter={self.jitter.values}, " if self.jitter is not None else ""
+        order = ", re_order='before_mix'" if self.erase_before and self.erasing.prob > 0 else ""
         return (f"device={self.device!r}, dtype={self.dtype!r}, channels_last={self.layout == 'HWC'}, crop={self.crop}, "
-                f"antialias={self.antialias}, {mixing}, {erase}; {path}")
+                f"interpolation={self.interpolation!r}, antialias={self.antialias}, {policy}{jitter}{mixing}, "
+                f"{erase}{order}; {path}")
 
     def __call__(self, jpegs: Any, labels: Any, enabled: Any = None, stop: Optional[str] = None) -> tuple[Any, Any]:
         if stop == "read":
             return jpegs, labels
+        decode_on_gpu = self.device == "gpu" and (not self.augmenting or self.policy_device == "gpu")
         images = fn.decoders.image_random_crop(
-            jpegs, device="mixed" if self.device == "gpu" else "cpu", output_type=types.RGB,
+            jpegs, device="mixed" if decode_on_gpu else "cpu", output_type=types.RGB,
             random_area=list(self.scale), random_aspect_ratio=list(self.ratio), num_attempts=10,
-            **dict(self.decoder_options))
+            **(dict(self.decoder_options) if decode_on_gpu else {}))
         if stop == "decode":
             return images, labels
+        if self.augmenting:
+            images = self._augment(images)
+            if self.device == "gpu" and not decode_on_gpu:
+                images = images.gpu()
+            if stop == "policy":
+                return images, labels
         mixing = self.mix is not None and self.mix.mixing and stop in (None, "mix")
         if enabled is None and mixing:
             enabled = fn.cast(fn.cast(labels, dtype=types.FLOAT) * 0.0 + 1.0, dtype=types.BOOL)
         body = self._native if self.native else self._stock
         images, targets = body(images, labels, enabled, mixing, stop)
         return images, (targets.gpu() if self.device == "gpu" else targets)
+
+    def _interp(self) -> Any:
+        """The resample's filter per sample: 1 bilinear, 2 bicubic ("random": either, per image, as timm)."""
+        if self.interpolation == "random":
+            return fn.cast(fn.random.coin_flip(probability=0.5), dtype=types.INT32) + 1
+        return INTERP_CODES[self.interpolation]
+
+    def _augment(self, images: Any) -> Any:
+        """The crop resized to `crop` (uint8), flipped, then the per-sample policy and colour jitter."""
+        interp = "bicubic" if self.interpolation == "random" else self.interpolation
+        native_op = native.available(self.policy_device, self.device_id if self.policy_device == "gpu" else None)
+        return policy_graph.augment(images, policy=self.policy, jitter=self.jitter, size=self.crop,
+                                    mirror=self._mirror(), interpolation=interp, antialias=self.antialias,
+                                    device=self.policy_device, native_op=native_op,
+                                    per_sample_interp=self._interp() if self.interpolation == "random" else None)
 
     def _targets(self, labels: Any) -> Any:
         if self.mix is not None and self.mix.soft_targets:
@@ -97,10 +148,13 @@ class TrainGraph:
         size = [self.crop, self.crop]
         args: dict[str, Any] = dict(size=size, antialias=self.antialias, mean=[m * 255 for m in self.mean],
                                     std=[s * 255 for s in self.std], dtype=DTYPES[self.dtype],
-                                    output_layout=self.layout, device=self.device)
-        mirror = self._mirror()
-        if mirror is not None:
-            args["mirror"] = mirror
+                                    output_layout=self.layout, device=self.device,
+                                    erase_before=self.erase_before)
+        if not self.augmenting:  # with a policy the crops come resized and flipped already
+            args["interp"] = self._interp()
+            mirror = self._mirror()
+            if mirror is not None:
+                args["mirror"] = mirror
         if mixing:
             partner, kind, lam, box, targets = native_mix_params(self.mix, labels, mix_draws(self.mix, labels),
                                                                  enabled, size=(self.crop, self.crop))
@@ -117,21 +171,31 @@ class TrainGraph:
         return fn.dalimix.resample_mix(images, **args), targets
 
     def _stock(self, images: Any, labels: Any, enabled: Any, mixing: bool, stop: Optional[str]) -> tuple[Any, Any]:
-        images = fn.resize(images, resize_x=self.crop, resize_y=self.crop, interp_type=types.INTERP_LINEAR,
-                           antialias=self.antialias)
+        if not self.augmenting:
+            interp = types.INTERP_CUBIC if self.interpolation == "bicubic" else types.INTERP_LINEAR
+            images = fn.resize(images, resize_x=self.crop, resize_y=self.crop, interp_type=interp,
+                               antialias=self.antialias)
         if stop == "resize":
             return images, labels
-        mirror = self._mirror()
+        mirror = self._mirror() if not self.augmenting else None
+        erase = self.erasing.prob > 0 and stop is None
 
         def finish(branch: Any, take: Any) -> Any:
             # Flip and normalise per branch, so mixup blends stay float (no rounding, no uint8 cast).
             return normalize_images(branch, crop=None, mirror=take(mirror) if mirror is not None else 0,
                                     dtype=self.dtype, layout=self.layout, mean=self.mean, std=self.std)
 
+        if erase and self.erase_before:
+            # Each image's own regions before mixing: normalise (and flip), erase, then mix the float images.
+            images = erasing_ops.random_erasing(finish(images, lambda node: node), self.erasing, layout=self.layout,
+                                                dtype=self.dtype)
+            if mixing:
+                return mix_images(images, labels, self.mix, layout=self.layout, enabled=enabled)
+            return images, self._targets(labels)
         if mixing:
             images, targets = mix_images(images, labels, self.mix, layout="HWC", enabled=enabled, finish=finish)
         else:
             images, targets = finish(images, lambda node: node), self._targets(labels)
-        if self.erasing.prob > 0 and stop is None:
+        if erase:
             images = erasing_ops.random_erasing(images, self.erasing, layout=self.layout, dtype=self.dtype)
         return images, targets

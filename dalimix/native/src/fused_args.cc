@@ -99,7 +99,8 @@ std::vector<SampleParams> ReadSampleParams(const dali::OpSpec &spec, const dali:
   auto box = PerSample(spec, ws, "box", n, 4, {0.0, 0.0, 0.0, 0.0});
   auto mirror = PerSample(spec, ws, "mirror", n, 1, {0.0});
   auto seed = PerSample(spec, ws, "erase_seed", n, 1, {0.0});
-  auto interp = PerSample(spec, ws, "interp", n, 1, {static_cast<double>(spec.GetArgument<int>("interp"))});
+  const double fixed_interp = spec.HasTensorArgument("interp") ? 1.0 : spec.GetArgument<int>("interp");
+  auto interp = PerSample(spec, ws, "interp", n, 1, {fixed_interp});
   auto erase = PerSample(spec, ws, "erase", n, 4 * kMaxEraseRegions,
                          std::vector<double>(4 * kMaxEraseRegions, 0.0), true);
   std::vector<SampleParams> out(n);

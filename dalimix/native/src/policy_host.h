@@ -60,7 +60,7 @@ std::vector<ProgramSample> ReadSamples(const dali::OpSpec &spec, const dali::Wor
                "dalimix.apply_program: `ops` must be int32 and `params` float64 (from dalimix.policy_program)");
   std::vector<ProgramSample> out(n);
   layers = 0;
-  const int default_interp = spec.GetArgument<int>("interp");
+  const int default_interp = spec.HasTensorArgument("interp") ? 1 : spec.GetArgument<int>("interp");
   for (int i = 0; i < n; i++) {
     ProgramSample &s = out[i];
     const auto shape = images.tensor_shape(i);

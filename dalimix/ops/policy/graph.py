@@ -73,15 +73,19 @@ def program(policy: Optional[PolicySpec], jitter: Optional[JitterSpec], size: in
 
 
 def augment(images: DataNode, *, policy: Optional[PolicySpec], jitter: Optional[JitterSpec], size: int,
-            mirror: Optional[DataNode], interpolation: str, antialias: bool, device: str, native_op: bool) -> DataNode:
-    """uint8 HWC crops of `size` x `size`: `images` (uint8 HWC, any size) resized, flipped where `mirror`
-    says, then each sample's program applied. `native_op`: whether `fn.dalimix.apply_program` runs on
-    `device`; without it the images must be CPU data (the PIL reference runs on them)."""
+            mirror: Optional[DataNode], interpolation: str, antialias: bool, device: str, native_op: bool,
+            per_sample_interp: Optional[DataNode] = None) -> DataNode:
+    """uint8 HWC crops of `size` x `size`: `images` (uint8 HWC, any size) resized with `interpolation` (or
+    `per_sample_interp`: 1 bilinear, 2 bicubic per image), flipped where `mirror` says, then each sample's
+    program applied. `native_op`: whether `fn.dalimix.apply_program` runs on `device`; without it the
+    images must be CPU data (DALI's resize and flip, then the PIL reference)."""
     ops, params = program(policy, jitter, size)
     fill = tuple(policy.fill) if policy is not None else (0, 0, 0)
     if native_op:
-        args: dict[str, Any] = dict(size=[size, size], interp=P.INTERP_CODES[interpolation], antialias=antialias,
-                                    fill=[float(v) for v in fill], device=device)
+        args: dict[str, Any] = dict(size=[size, size], antialias=antialias, fill=[float(v) for v in fill],
+                                    device=device,
+                                    interp=per_sample_interp if per_sample_interp is not None else
+                                    P.INTERP_CODES[interpolation])
         if mirror is not None:
             args["mirror"] = mirror
         return fn.dalimix.apply_program(images, ops, params, **args)

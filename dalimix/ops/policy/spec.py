@@ -114,7 +114,7 @@ def _timm_rand(text: str, fill: tuple[int, ...], interpolation: str) -> PolicySp
             elif key == "mmax":
                 mmax = float(int(val))
             elif key == "inc":
-                increasing = bool(val)  # as timm: any value, 'inc0' too, turns it on
+                increasing = bool(int(val))
             elif key == "m":
                 magnitude = float(int(val))
             elif key == "n":
@@ -187,7 +187,7 @@ def parse_policy(text: Optional[str], *, mean: Sequence[float] = (0.485, 0.456, 
         raise V.ArgumentError("auto_augment", f"auto_augment must be None or a string ({FORMS}), got {text!r}")
     V.one_of("interpolation", interpolation, INTERPOLATIONS)
     name = text.strip()
-    if name.startswith("rand"):
+    if name == "rand" or name.startswith("rand-"):
         return _timm_rand(name, timm_fill(mean), interpolation)
     if name == "3a" or name.startswith("3a-"):
         return _timm_3a(name, timm_fill(mean), interpolation)
