@@ -67,6 +67,10 @@ _TIMM_UNHONOURED = (
     ("input_img_mode", "--input-img-mode", lambda v: v not in (None, "", "RGB"), "images are decoded as RGB"),
     ("class_map", "--class-map", lambda v: bool(v), "labels follow the sorted class folders"),
     ("train_img_sizes", "--train-img-sizes", lambda v: bool(v), "one crop size per run"),
+    ("train_batch_sizes", "--train-batch-sizes", lambda v: bool(v), "one batch size per run"),
+    ("train_batches_per_epoch", "--train-batches-per-epoch", lambda v: v is not None,
+     "an epoch is the data's batches"),
+    ("naflex_loader", "--naflex-loader", lambda v: bool(v), "fixed-size crops, not NaFlex sequences"),
     ("color_jitter_prob", "--color-jitter-prob", lambda v: v is not None, "SimCLR-style extras"),
     ("grayscale_prob", "--grayscale-prob", lambda v: v is not None, "SimCLR-style extras"),
     ("gaussian_blur_prob", "--gaussian-blur-prob", lambda v: v is not None, "SimCLR-style extras"),
@@ -130,38 +134,43 @@ def timm_loaders(args: Any, data_config: Mapping[str, Any], **overrides: Any) ->
     common.update(overrides)
     mix = _timm_mix(args)
     off = _get(args, "mixup_off_epoch", 0)
+    policy = _timm_policy(args, data_config)
     unhonoured = _check_flags(args, _TIMM_UNHONOURED)
-    unhonoured += _policy_flags_timm(args)
+    if _get(args, "aug_repeats"):
+        unhonoured.append(f"--aug-repeats {_get(args, 'aug_repeats')} (no repeated augmentation)")
     _unhonoured("timm train.py", unhonoured)
     train = DaliLoader(train_pipeline(
         _timm_split(root, _get(args, "train_split", "train"), TIMM_TRAIN_SPLITS), batch_size=args.batch_size,
         mix=mix, mix_off_epoch=off if mix is not None and off else None, seed=_get(args, "seed"),
         scale=tuple(_get(args, "scale", (0.08, 1.0))), ratio=tuple(_get(args, "ratio", (3 / 4, 4 / 3))),
         flip_prob=float(_get(args, "hflip", 0.5)), re_prob=float(_get(args, "reprob", 0.0)),
-        re_mode=_get(args, "remode", "pixel"), re_count=int(_get(args, "recount", 1)), **common))
+        re_mode=_get(args, "remode", "pixel"), re_count=int(_get(args, "recount", 1)), **policy, **common))
     split = _get(args, "val_split", "validation")
     evaluate = None
     if split:
         crop_pct = float(data_config.get("crop_pct", 0.875))
         evaluate = DaliLoader(val_pipeline(
             _timm_split(root, split, TIMM_VAL_SPLITS), batch_size=_get(args, "validation_batch_size") or
-            args.batch_size, resize=int(math.floor(crop / crop_pct)), classes=train.classes, **common))
+            args.batch_size, resize=int(math.floor(crop / crop_pct)), classes=train.classes,
+            interpolation=_two_way(data_config.get("interpolation", "bilinear")), **common))
     return train, evaluate
 
 
-def _policy_flags_timm(args: Any) -> list[str]:
-    """timm's per-sample policy and colour flags that dalimix cannot run (yet)."""
-    out = []
-    if _get(args, "aa"):
-        out.append(f"--aa {_get(args, 'aa')!r} (no per-sample policy in dalimix's graph)")
-    elif _get(args, "color_jitter"):
-        out.append(f"--color-jitter {_get(args, 'color_jitter')!r} (no colour jitter in dalimix's graph)")
-    interp = _get(args, "train_interpolation", "random")
-    if interp not in ("", "bilinear", None):
-        out.append(f"--train-interpolation {interp!r} (dalimix resamples bilinearly)")
-    if _get(args, "aug_repeats"):
-        out.append(f"--aug-repeats {_get(args, 'aug_repeats')} (no repeated augmentation)")
-    return out
+def _two_way(interpolation: str) -> str:
+    """dalimix's resample for a library's interpolation name (bicubic or bilinear)."""
+    return "bicubic" if str(interpolation).lower().endswith("bicubic") else "bilinear"
+
+
+def _timm_policy(args: Any, data_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-sample policy, colour jitter and interpolation timm's `create_transform` runs for `args`:
+    colour jitter is off when a policy is set, unless the policy string holds '3a'."""
+    aa = _get(args, "aa") or None
+    jitter = _get(args, "color_jitter")
+    if aa and "3a" not in aa:
+        jitter = None
+    interp = _get(args, "train_interpolation") or data_config.get("interpolation", "bilinear")
+    interp = "random" if interp == "random" else _two_way(interp)
+    return {"auto_augment": aa, "color_jitter": jitter or None, "interpolation": interp, "re_order": "after_mix"}
 
 
 # -- torchvision --------------------------------------------------------------------------------------------------
@@ -214,28 +223,35 @@ def torchvision_loaders(args: Any, **overrides: Any) -> tuple[Any, Any]:
     # torchvision picks MixUp or CutMix per batch (RandomChoice, 50/50) and smooths in its loss.
     mix = MixConfig(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=1.0, switch_prob=0.5, mode="batch",
                     label_smoothing=0.0) if mixup > 0 or cutmix > 0 else None
-    unhonoured = _check_flags(args, _TV_UNHONOURED) + _policy_flags_torchvision(args)
+    policy, unhonoured = _tv_policy(args)
+    unhonoured = _check_flags(args, _TV_UNHONOURED) + unhonoured
     _unhonoured("torchvision train.py", unhonoured)
+    interp = _two_way(_get(args, "interpolation", "bilinear"))
     train = DaliLoader(train_pipeline(
         os.path.join(root, "train"), batch_size=args.batch_size, crop=int(_get(args, "train_crop_size", 224)),
-        mix=mix, re_prob=float(_get(args, "random_erase", 0.0)), re_mode="const", **common))
+        mix=mix, re_prob=float(_get(args, "random_erase", 0.0)), re_mode="const", re_order="before_mix",
+        auto_augment=policy, interpolation=interp, **common))
     start = _tv_resume_epoch(_get(args, "resume")) if not _get(args, "test_only") else None
     if start is not None:
         train.set_epoch(start)
     test = DaliLoader(val_pipeline(
         os.path.join(root, "val"), batch_size=args.batch_size, crop=int(_get(args, "val_crop_size", 224)),
-        resize=int(_get(args, "val_resize_size", 256)), classes=train.classes, **common))
+        resize=int(_get(args, "val_resize_size", 256)), classes=train.classes, interpolation=interp, **common))
     return train, test
 
 
-def _policy_flags_torchvision(args: Any) -> list[str]:
+def _tv_policy(args: Any) -> tuple[Optional[str], list[str]]:
+    """torchvision's `--auto-augment` as a dalimix policy ("ra" with `--ra-magnitude`), and the flags that
+    have no effect."""
     out = []
-    if _get(args, "auto_augment"):
-        out.append(f"--auto-augment {_get(args, 'auto_augment')!r} (no per-sample policy in dalimix's graph)")
-    if _get(args, "interpolation", "bilinear") != "bilinear":
-        out.append(f"--interpolation {_get(args, 'interpolation')!r} (dalimix resamples bilinearly)")
-    if _get(args, "random_erase", 0.0):
-        out.append("--random-erase (dalimix erases after mixing; torchvision erases each image before)")
+    policy = _get(args, "auto_augment") or None
+    if policy == "ra":
+        policy = f"ra-m{int(_get(args, 'ra_magnitude', 9))}"
+    elif policy not in (None, "ta_wide", "imagenet"):
+        out.append(f"--auto-augment {policy!r} (dalimix runs ra, ta_wide and imagenet)")
+        policy = None
+    if str(_get(args, "interpolation", "bilinear")) not in ("bilinear", "bicubic"):
+        out.append(f"--interpolation {_get(args, 'interpolation')!r} (dalimix resamples bilinearly or bicubically)")
     if _get(args, "ra_sampler"):
         out.append(f"--ra-sampler --ra-reps {_get(args, 'ra_reps', 3)} (no repeated augmentation)")
-    return out
+    return policy, out

@@ -16,6 +16,7 @@ import sys
 import numpy as np  # noqa: E402
 
 from dalimix import DaliLoader, MixConfig  # noqa: E402
+from dalimix.augment_flags import add_augmentation_flags, augmentation_kwargs  # noqa: E402
 from dalimix.pipelines.imagenet import IMAGENET_MEAN, IMAGENET_STD, train_pipeline  # noqa: E402
 
 
@@ -34,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--re-prob", type=float, default=0.0)
     p.add_argument("--re-mode", choices=("const", "rand", "pixel"), default="const")
+    add_augmentation_flags(p.add_argument_group("per-sample augmentation"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--print-captions", action="store_true", help="also print each sample's caption")
     a = p.parse_args(argv)
@@ -41,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--data: folder {a.data!r} does not exist")
     if a.count < 1:
         p.error("--count must be >= 1")
+    a.augmentation = augmentation_kwargs(p, a)
     return a
 
 
@@ -58,7 +61,7 @@ def main(argv=None) -> str:
     except ValueError as exc:
         sys.exit(f"preview_mix.py: error: {exc}")
     pipe = train_pipeline(a.data, batch_size=a.count, crop=a.crop, device="cpu", num_threads=2, mix=cfg,
-                          seed=a.seed, re_prob=a.re_prob, re_mode=a.re_mode)
+                          seed=a.seed, re_prob=a.re_prob, re_mode=a.re_mode, **a.augmentation)
     images, targets = next(iter(DaliLoader(pipe)))
     pixels = images.float().numpy() * np.array(IMAGENET_STD)[None, :, None, None] \
         + np.array(IMAGENET_MEAN)[None, :, None, None]

@@ -36,6 +36,8 @@ from typing import Optional
 
 import torch
 
+from dalimix.augment_flags import add_augmentation_flags, augmentation_kwargs
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--tune-with-model", action="store_true",
                    help="feed every batch through the model's training step (--arch) while tuning, so the score is "
                         "what training reaches (on the CPU, DALI and the model share the cores)")
+    add_augmentation_flags(p.add_argument_group("the recipe's augmentation (both sides run it: dalimix in the graph, "
+                                                "the torchvision contenders with timm's or torchvision's transforms)"),
+                           erasing=True)
     p.add_argument("--no-stages", action="store_true", help="skip the stage breakdown")
     p.add_argument("--no-torchvision", action="store_true", help="skip the torchvision baselines")
     p.add_argument("--shards", metavar="SPEC", default=None,
@@ -102,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--epochs: --tune measures within --seconds in all; give --seconds")
     if a.hw_decoder_loads is not None and any(not 0.0 <= v <= 1.0 for v in a.hw_decoder_loads):
         p.error(f"--hw-decoder-loads: each share must lie in [0, 1], got {a.hw_decoder_loads}")
+    if not 0.0 <= a.re_prob <= 1.0:
+        p.error(f"--re-prob must lie in [0, 1], got {a.re_prob}")
+    augmentation_kwargs(p, a)
     if a.arch is None:
         a.arch = "resnet50" if a.device == "gpu" else "resnet18"
     from dalimix.train.models import check_arch

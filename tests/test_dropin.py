@@ -391,3 +391,27 @@ def test_torchvision_loaders_do_not_smooth_twice_and_resume_the_epoch(tmp_path):
     torch.save({"epoch": 4, "args": argparse.Namespace(lr=0.1)}, ckpt)
     resumed, _ = torchvision_loaders(tv_args(data, resume=str(ckpt)))
     assert resumed.epoch == 5
+
+
+def test_compat_maps_the_recipes_policies_as_their_scripts_mean_them(tmp_path):
+    """timm: --aa runs the policy and turns --color-jitter off unless it is a 3a policy, --train-interpolation
+    'random' picks per image; torchvision: --auto-augment ra with --ra-magnitude, erasing before mixing."""
+    from dalimix.compat import timm_loaders, torchvision_loaders
+
+    data = tmp_path / "d"
+    for split in ("train", "val"):
+        make_class_tree(data / split, [4, 4, 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left unhonoured
+        deit, val = timm_loaders(timm_args(data, aa="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, reprob=0.25,
+                                           color_jitter=0.4), TIMM_CONFIG)
+        three, _ = timm_loaders(timm_args(data, aa="3a", color_jitter=0.3, train_interpolation="bicubic"), TIMM_CONFIG)
+        tv, tv_val = torchvision_loaders(tv_args(data, auto_augment="ra", ra_magnitude=12, random_erase=0.1,
+                                                 interpolation="bicubic"))
+    assert "auto_augment='rand-m9-mstd0.5-inc1'" in deit.spec.settings and "color_jitter" not in deit.spec.settings
+    assert "interpolation='random'" in deit.spec.settings and "re_order" not in deit.spec.settings
+    assert "interpolation='bicubic'" in val.spec.settings  # timm's data_config
+    assert "auto_augment='3a'" in three.spec.settings and "color_jitter=(0.3, 0.3, 0.3)" in three.spec.settings
+    assert "auto_augment='ra-m12'" in tv.spec.settings and "re_order='before_mix'" in tv.spec.settings
+    assert "interpolation='bicubic'" in tv_val.spec.settings
+    assert next(iter(deit))[0].shape == (4, 3, 16, 16) and next(iter(tv))[0].shape == (4, 3, 16, 16)

@@ -51,6 +51,26 @@ def test_cuda_archs_follow_what_the_nvcc_in_use_builds(tmp_path):
     build.cuda_archs.cache_clear()
 
 
+def test_the_build_key_covers_every_source_and_header(tmp_path, monkeypatch):
+    """An edit to any file the plugin is compiled from, a new header included, must build it again."""
+    tc = build.find_toolchain()
+    if tc.cxx is None:
+        pytest.skip("needs g++")
+    src = tmp_path / "src"
+    shutil.copytree(build.SRC, src)
+    monkeypatch.setattr(build, "SRC", src)
+    before = build.build_key(tc, with_cuda=False)
+    (src / "a_new_header.h").write_text("// included by a source from now on\n")
+    with_new = build.build_key(tc, with_cuda=False)
+    assert with_new != before
+    for name in sorted(p.name for p in src.glob("*.h")) + list(build.CPU_SOURCES):
+        text = (src / name).read_text()
+        (src / name).write_text(text + "\n// edited\n")
+        assert build.build_key(tc, with_cuda=False) != with_new, name
+        (src / name).write_text(text)
+    assert build.build_key(tc, with_cuda=False) == with_new
+
+
 # -- 4. a failed CUDA build is tried again -------------------------------------------------------------------
 def test_a_failed_cuda_build_is_said_and_tried_again(tmp_path, monkeypatch):
     tc = build.find_toolchain()

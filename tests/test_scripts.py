@@ -1,6 +1,7 @@
 """The profiler and the preview script run end to end on a tiny generated tree."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -48,6 +49,47 @@ def test_profiler_writes_json_and_png(tiny, tmp_path):
     assert "mix_on_vs_torchvision" in proc.stdout
 
 
+@pytest.mark.slow
+def test_profiler_runs_the_recipe_on_both_sides(tiny, tmp_path):
+    """--aa (and the other recipe flags) go into dalimix's graph and, as timm's own transform and Mixup, into
+    the torchvision contenders; the stage breakdown shows the policy."""
+    pytest.importorskip("timm")
+    out_json = tmp_path / "p.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/profile_loader.py"), "--data", str(tiny / "train"),
+                           "--device", "cpu", "--batch-size", "8", "--crop", "32", "--threads", "2", "--seconds", "1",
+                           "--repeats", "1", "--warmup", "0.3", "--no-stock", "--aa", "rand-m9-mstd0.5-inc1",
+                           "--interpolation", "bicubic", "--re-prob", "0.25", "--re-mode", "pixel",
+                           "--re-order", "before_mix", "--json", str(out_json)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+    assert report["recipe"] == {"auto_augment": "rand-m9-mstd0.5-inc1", "interpolation": "bicubic", "re_prob": 0.25,
+                                "re_mode": "pixel", "re_order": "before_mix"}
+    assert "timm's create_transform" in report["reference"] and "recipe: auto_augment=" in proc.stdout
+    assert report["ratios"]["mix_on_vs_torchvision_mix"] > 0
+    from dalimix import native
+    if native.available("cpu"):
+        assert list(report["stages"]["ms_per_image"]) == ["read", "decode", "policy", "augment", "mix",
+                                                          "copy_to_torch"]
+
+
+def test_the_reference_transform_is_timms_and_survives_posterize_to_zero_bits():
+    """timm's own transform for the recipe, whose posterize to 0 bits (inc1 at magnitude 10) gives black as
+    timm means instead of Pillow 13's error."""
+    pytest.importorskip("timm")
+    import numpy as np
+    from timm.data.auto_augment import RandAugment
+    from dalimix.tools.profiler import reference_transform
+    a = argparse.Namespace(aa="rand-m10-inc1", color_jitter=None, interpolation="bicubic", re_prob=0.0,
+                           re_mode="pixel", re_order="after_mix", crop=32)
+    transform = reference_transform(a)
+    rand = next(t for t in transform.transforms if isinstance(t, RandAugment))
+    poster = next(op for op in rand.ops if op.name == "PosterizeIncreasing")
+    poster.prob, poster.magnitude_std = 1.0, 0.0
+    img = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    assert np.array(poster(img)).max() == 0
+
+
 def test_profiler_flag_errors(tiny):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/profile_loader.py"), "--data", str(tiny / "nope")],
                           capture_output=True, text=True)
@@ -64,6 +106,14 @@ def test_preview_grid(tiny, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/preview_mix.py"), "--data", str(tiny / "train"),
                           "--out", str(out), "--prob", "3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "prob" in bad.stderr
+    policy = subprocess.run([sys.executable, str(ROOT / "scripts/preview_mix.py"), "--data", str(tiny / "train"),
+                             "--out", str(out), "--count", "4", "--crop", "48", "--aa", "ta_wide", "--color-jitter",
+                             "0.4", "--interpolation", "random", "--re-prob", "0.5", "--re-order", "before_mix"],
+                            capture_output=True, text=True, timeout=300)
+    assert policy.returncode == 0, policy.stderr[-3000:]
+    wrong = subprocess.run([sys.executable, str(ROOT / "scripts/preview_mix.py"), "--data", str(tiny / "train"),
+                            "--out", str(out), "--aa", "rand-q9"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--aa" in wrong.stderr and "rand-m9-mstd0.5-inc1" in wrong.stderr
 
 
 @pytest.mark.slow

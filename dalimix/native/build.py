@@ -31,8 +31,6 @@ CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "fused_gpu_emulator.cc", "mix_pa
 EXACT_SOURCES = ("mix_params.cc", "erase_params.cc", "policy_program.cc", "policy_apply_cpu.cc")
 GPU_SOURCES = ("fused_gpu.cu", "policy_apply_gpu.cu")
 EXACT_GPU_SOURCES = ("policy_apply_gpu.cu",)
-HEADERS = ("fused_math.h", "fused_args.h", "fused_pixel.h", "fused_launch.h", "policy_ops.h", "policy_apply.h",
-           "policy_host.h", "resample_cpu.h")
 CPU_LIB = "libdalimix_ops.so"
 GPU_LIB = "libdalimix_ops_cuda.so"
 # SASS for these GPUs where the nvcc in use can build it (always sm_80 and sm_90: A100, H100), plus PTX of
@@ -169,7 +167,8 @@ def nvcc_flags(tc: Toolchain) -> list[str]:
 
 def build_key(tc: Toolchain, with_cuda: bool) -> str:
     h = hashlib.sha256()
-    for name in CPU_SOURCES + HEADERS + (GPU_SOURCES if with_cuda else ()):
+    headers = tuple(sorted(p.name for p in SRC.glob("*.h")))  # every header: a new one must rebuild too
+    for name in CPU_SOURCES + headers + (GPU_SOURCES if with_cuda else ()):
         h.update(name.encode())
         h.update((SRC / name).read_bytes())
     h.update(" ".join(cxx_flags(tc)).encode())

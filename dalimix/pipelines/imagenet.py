@@ -57,8 +57,9 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     with its library's meaning: timm's strings (`"rand-m9-mstd0.5-inc1"`, `"3a"`, ...) or torchvision's
     (`"ra"`, `"ta_wide"`, `"imagenet"`), and `color_jitter` (a number, or (b, c, s[, h])) torchvision's
     ColorJitter after it; then the order is crop -> resize to `crop` -> flip -> policy / jitter -> mix ->
-    normalise (timm turns colour jitter off when it runs a policy other than 3a: pass None then). Each epoch is a seeded shuffle, sharded so every shard yields the same number
-    of full batches; the last partial batch is dropped. `mix_off_epoch` turns mixing off from that epoch on
+    normalise (timm turns colour jitter off when it runs a policy other than 3a: pass None then). Each
+    epoch is a seeded shuffle, sharded so every shard yields the same number of full batches; the last
+    partial batch is dropped. `mix_off_epoch` turns mixing off from that epoch on
     (the schedule is a per-iteration input: `DaliLoader.set_mix` changes it between epochs).
     `first_epoch` is the dataset epoch the pipeline starts at. `checkpoint` (from `DaliLoader.checkpoint()`)
     restores the augmentation state of a run: pass the `first_epoch` that run's pipeline was built with, as

@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -33,8 +33,22 @@ from dalimix.tools.profiling import (Contender, ModelStep, TorchBatchMix, bound_
                                      training_torch_threads)
 
 
+def recipe(a: argparse.Namespace) -> dict:
+    """The augmentation recipe the flags ask for, as `train_pipeline` arguments (empty: the plain loader)."""
+    out: dict = {}
+    if a.aa:
+        out["auto_augment"] = a.aa
+    if a.color_jitter:
+        out["color_jitter"] = a.color_jitter
+    if a.interpolation != "bilinear":
+        out["interpolation"] = a.interpolation
+    if a.re_prob > 0:
+        out.update(re_prob=a.re_prob, re_mode=a.re_mode, re_order=a.re_order)
+    return out
+
+
 def contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
-    common = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, seed=0)
+    common = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, seed=0, **recipe(a))
     mix = MixConfig(num_classes=num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)
     out = [
         Contender("decode_only", lambda: _RawPipe(stage_pipeline(a.data, "decode", dtype=a.dtype, **common)),
@@ -59,7 +73,7 @@ def contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
                 Contender("read_shards", lambda: _RawPipe(stage_pipeline(a.shards, "read", **read)),
                           step=lambda b: b)]
     if not a.no_torchvision:
-        batch_mix = TorchBatchMix(mix)
+        batch_mix = library_batch_mix(mix) if recipe(a) else TorchBatchMix(mix)
         gpu = a.device == "gpu"
 
         def tv_step(batch, mixing=False):
@@ -72,20 +86,95 @@ def contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
                 torch.cuda.synchronize()
             return int(x.shape[0])
 
+        transform = reference_transform(a)
         make = lambda: torchvision_loader(a.data, batch_size=a.batch_size, crop=a.crop, workers=a.threads,  # noqa
-                                          pin_memory=gpu)
+                                          pin_memory=gpu, transform=transform)
         out += [Contender("torchvision", make, step=tv_step, pids=dataloader_pids),
                 Contender("torchvision_mix", make, step=lambda b: tv_step(b, True), pids=dataloader_pids)]
     return out
 
 
+def library_batch_mix(mix: MixConfig) -> Any:
+    """Batch mixing as the reference recipes run it in the training loop: timm's own `Mixup` where timm is
+    installed, else the same rule written here."""
+    try:
+        from timm.data import Mixup
+    except ImportError:
+        return TorchBatchMix(mix)
+    timm_mix = Mixup(mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha, prob=mix.prob,
+                     switch_prob=mix.switch_prob, mode=mix.mode, label_smoothing=mix.label_smoothing,
+                     num_classes=mix.num_classes)
+    return lambda x, y: timm_mix(x, y)
+
+
+def reference_transform(a: argparse.Namespace) -> Any:
+    """The torchvision DataLoader's per-image transform for the recipe of the flags: timm's own
+    `create_transform` for timm's policy strings (and colour jitter), torchvision's preset for its names;
+    None for the plain recipe (RandomResizedCrop, flip, ToTensor, Normalize)."""
+    rec = recipe(a)
+    if not rec:
+        return None
+    policy = rec.get("auto_augment")
+    interp = "bilinear" if a.interpolation == "random" and policy and not policy.startswith(("rand", "3a")) \
+        else a.interpolation
+    if policy is None or policy.startswith(("rand", "3a")):
+        try:
+            from timm.data import create_transform
+        except ImportError:
+            raise SystemExit("--aa: the reference contender runs timm's own transform; pip install timm, or pass "
+                             "--no-torchvision") from None
+        return _posterize_zero_bits_black(
+            create_transform(a.crop, is_training=True, auto_augment=policy, interpolation=interp,
+                             color_jitter=rec.get("color_jitter") or 0.0, re_prob=a.re_prob, re_mode=a.re_mode,
+                             re_count=1))
+    import torchvision.transforms as T
+    mode = T.InterpolationMode.BICUBIC if interp == "bicubic" else T.InterpolationMode.BILINEAR
+    name, _, rest = policy.partition("-m")
+    aug = {"ra": lambda: T.RandAugment(magnitude=int(rest or 9), interpolation=mode),
+           "ta_wide": lambda: T.TrivialAugmentWide(interpolation=mode),
+           "imagenet": lambda: T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=mode)}[name]()
+    steps = [T.RandomResizedCrop(a.crop, interpolation=mode), T.RandomHorizontalFlip(), aug, T.PILToTensor(),
+             T.ConvertImageDtype(torch.float), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    if a.re_prob > 0:
+        steps.append(T.RandomErasing(p=a.re_prob))
+    return T.Compose(steps)
+
+
+def reference_name(a: argparse.Namespace) -> str:
+    """What the torchvision contenders run, in words."""
+    rec = recipe(a)
+    policy = rec.get("auto_augment")
+    if not rec:
+        return "torchvision's RandomResizedCrop + flip, batch mixing by timm's rule (written here)"
+    if policy is None or policy.startswith(("rand", "3a")):
+        return "timm's create_transform and timm's Mixup"
+    return "torchvision's transforms (the policy as torchvision.transforms) and timm's Mixup"
+
+
+def _posterize_zero_bits_black(transform: Any) -> Any:
+    """timm's transform with its posterize ops giving a black image for 0 bits, as timm means and Pillow < 13
+    did: Pillow 13 raises instead, which stops timm's own loader within an epoch of 'rand-...-inc1' (magnitude
+    10 posterizes to 0 bits). Only this transform's op objects change."""
+    from PIL import Image
+
+    def posterize(fn):
+        return lambda img, bits, **kw: Image.new(img.mode, img.size) if bits <= 0 else fn(img, bits, **kw)
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if "Posterize" in getattr(op, "name", ""):
+                op.aug_fn = posterize(op.aug_fn)
+    return transform
+
+
 def stage_contenders(a: argparse.Namespace, num_classes: int) -> list[Contender]:
+    rec = recipe(a)
     common = dict(batch_size=a.batch_size, crop=a.crop, device=a.device, num_threads=a.threads, seed=0,
-                  dtype=a.dtype, mix=MixConfig(num_classes=num_classes))
+                  dtype=a.dtype, mix=MixConfig(num_classes=num_classes), **rec)
 
     def make(stage):
         return lambda: _RawPipe(stage_pipeline(a.data, stage, **common))
-    return [Contender(f"stage_{s}", make(s), step=lambda b: b) for s in stages(a.device)]
+    augmenting = "auto_augment" in rec or "color_jitter" in rec
+    return [Contender(f"stage_{s}", make(s), step=lambda b: b) for s in stages(a.device, augmenting=augmenting)]
 
 
 class _RawPipe:
@@ -222,6 +311,7 @@ def profile(a: argparse.Namespace, argv: Optional[list[str]] = None, dataset: Op
         "decoder": decoder_path(a.device, sample=dataset.files[0] if len(dataset) else None),
         "gpu_memory": memory, "results": results, "ratios": {k: v for k, v in ratios.items() if v is not None},
         "stages": stages, "verdict": verdict, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "recipe": recipe(a), "reference": reference_name(a),
     }
     print_report(report)
     if a.json:
@@ -251,6 +341,9 @@ def print_report(r: dict) -> None:
     print(f"\n{r['images']} images, {r['classes']}, device {r['settings']['device']}, batch "
           f"{r['settings']['batch_size']}, crop {r['settings']['crop']}, threads {r['settings']['threads']}")
     print(f"decoder: {r['decoder']}")
+    if r.get("recipe"):
+        print("recipe: " + ", ".join(f"{k}={v!r}" for k, v in r["recipe"].items())
+              + f"; the torchvision contenders run {r['reference']}")
     mem = r["gpu_memory"]
     if mem is not None:
         print(f"GPU memory held by the pipeline (mix_on): {mem['after_warmup_mib']:.0f} MiB after "

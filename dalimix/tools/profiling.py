@@ -139,12 +139,13 @@ def dataloader_pids(loader: Any) -> list[int]:
 
 
 def torchvision_loader(data_dir: str, *, batch_size: int, crop: int, workers: int,
-                       pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """The reference recipe: ImageFolder + RandomResizedCrop, flip, ToTensor, Normalize."""
+                       pin_memory: bool = False, transform: Any = None) -> torch.utils.data.DataLoader:
+    """The reference recipe: ImageFolder + RandomResizedCrop, flip, ToTensor, Normalize (or `transform`,
+    e.g. timm's `create_transform` for a recipe with a policy)."""
     import torchvision.datasets as datasets
     import torchvision.transforms as T
-    tf = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = transform or T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(),
+                                 T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     return torch.utils.data.DataLoader(datasets.ImageFolder(data_dir, tf), batch_size=batch_size, shuffle=True,
                                        num_workers=workers, drop_last=True, pin_memory=pin_memory,
                                        persistent_workers=workers > 0)

@@ -19,6 +19,8 @@ import time
 import warnings
 from typing import Any, Optional
 
+from dalimix.augment_flags import add_augmentation_flags, augmentation_kwargs
+
 
 EPILOG = """\
 distributed training:
@@ -47,6 +49,17 @@ a file that needs more (code in its pickle) is refused unless --trust-checkpoint
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _data_flags(p)
+    _model_flags(p)
+    _mixing_flags(p)
+    g = p.add_argument_group("per-sample augmentation (in the DALI graph, with the meaning of its library)")
+    add_augmentation_flags(g)
+    _run_flags(p)
+    return p
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """The data, its split and the loader's settings."""
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, metavar="DIR",
                    help="dataset root holding train/ and val/, each with one folder per class")
@@ -75,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-val-steps", type=int, default=None, metavar="N",
                    help="smoke runs: evaluate only the first N val batches per rank")
 
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """The network, the optimiser and the schedule."""
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--arch", default="resnet50", help="any torchvision classification model name (default resnet50)")
     g.add_argument("--epochs", type=int, default=90, help="total epochs of the schedule (default 90)")
@@ -96,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed for data order, augmentation, init and mixing (default: random, recorded in summary)")
     g.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower)")
 
+
+def _mixing_flags(p: argparse.ArgumentParser) -> None:
+    """Mixing, smoothing and erasing, as timm's train.py names them."""
     g = p.add_argument_group("mixing (in the DALI graph, timm semantics: an alpha of 0 turns that mixing off)")
     g.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(alpha, alpha) (default 0: off)")
     g.add_argument("--cutmix-alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha) (default 0: off)")
@@ -118,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--re-mode", choices=("const", "rand", "pixel"), default="const", help="random erasing fill")
     g.add_argument("--re-count", type=int, default=1, help="random erasing: up to this many boxes")
 
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """Outputs, resuming, the device and distributed settings."""
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, metavar="DIR", help="where metrics, summary, checkpoints and curves go")
     g.add_argument("--resume", default=None, metavar="PATH", help="checkpoint.pt to continue from")
@@ -139,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "those that did not (dead or hung; default 30)")
     g.add_argument("--dump-seen", default=None, metavar="DIR",
                    help="debug: write DIR/rank<R>_seen.json with the file indices and labels each rank read")
-    return p
 
 
 # The library's argument names (MixConfig fields, pipeline and RunConfig arguments) as this script's flags.
@@ -149,6 +170,8 @@ FLAGS = {"mixup_alpha": "--mixup-alpha", "cutmix_alpha": "--cutmix-alpha", "cutm
          "re_mode": "--re-mode", "re_count": "--re-count", "batch_size": "--batch-size", "crop": "--crop",
          "resize": "--val-resize", "num_threads": "--threads", "max_batches_per_epoch": "--max-steps-per-epoch",
          "mix_off_epoch": "--mixup-off-epoch", "seed": "--seed", "arch": "--arch", "resume": "--resume",
+         "auto_augment": "--aa", "color_jitter": "--color-jitter", "interpolation": "--interpolation",
+         "re_order": "--re-order",
          "manifold_alpha": "--manifold-mixup-alpha", "manifold_layers": "--manifold-layers", "data": "--data"}
 
 
@@ -224,6 +247,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Every flag checked before anything heavy happens; the library's own checks named by their flags."""
     _check_ranges(p, a)
     a.decoder_options = _decoder_options(p, a)
+    augmentation_kwargs(p, a)
     from dalimix import MixConfig
     from dalimix.data.splits import split_classes
     from dalimix.ops.erasing import ErasingConfig
@@ -295,6 +319,7 @@ def _run_config(a: argparse.Namespace) -> Any:
         max_steps_per_epoch=a.max_steps_per_epoch, max_val_steps=a.max_val_steps, seed=a.seed,
         mix=dataclasses.replace(a.mix, num_classes=num_classes) if a.mix is not None else None,
         mix_off_epoch=a.mixup_off_epoch, re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count,
+        re_order=a.re_order, auto_augment=a.aa, color_jitter=a.color_jitter, interpolation=a.interpolation,
         manifold_alpha=a.manifold_mixup_alpha,
         manifold_layers=[s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None,
         manifold_input=not a.manifold_no_input, arch=a.arch, sync_bn=a.sync_bn, lr=a.lr, min_lr=a.min_lr,

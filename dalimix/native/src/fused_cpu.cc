@@ -165,13 +165,18 @@ class ResampleMixCPU : public FusedOperatorBase<CPUBackend> {
 
   // With `erase_before`: normalise row `y` of an image (unflipped, HWC) and erase its own regions there,
   // before it is mixed (fills as on the GPU: `EraseFill`, indexed by the unflipped pixel).
+  // The row is normalised whole, then each region's span filled in order (the last region listed wins, as
+  // EraseRegionAt says).
   void EraseBefore(const SampleParams &p, int y, int ow, int c, float *row) const {
-    for (int x = 0; x < ow; x++) {
-      const int region = EraseRegionAt(p, y, x);
-      for (int ch = 0; ch < c; ch++) {
-        float &v = row[x * c + ch];
-        v = region >= 0 ? EraseFill(opt_.erase_mode, p.seed, region, y, x, ow, c, ch) : (v - Mean(ch)) * InvStd(ch);
-      }
+    float mean[kMaxChannels], inv[kMaxChannels];
+    for (int ch = 0; ch < c; ch++) mean[ch] = Mean(ch), inv[ch] = InvStd(ch);
+    for (int x = 0; x < ow; x++)
+      for (int ch = 0; ch < c; ch++) row[x * c + ch] = (row[x * c + ch] - mean[ch]) * inv[ch];
+    for (int r = 0; r < p.num_erase; r++) {
+      const int *e = p.erase[r];
+      if (y < e[0] || y >= e[2]) continue;
+      for (int x = std::max(e[1], 0); x < std::min(e[3], ow); x++)
+        for (int ch = 0; ch < c; ch++) row[x * c + ch] = EraseFill(opt_.erase_mode, p.seed, r, y, x, ow, c, ch);
     }
   }
 

@@ -129,6 +129,24 @@ struct Source {
       }
       return;
     }
+    if (c == 3) {
+      // The same four-lane form for any tap count: each lane adds its channel's products in tap order, as
+      // the scalar loop below does, so the values are the same.
+      for (int ox = 0; ox < out_w; ox++) {
+        const int *ix = &tx.idx[ox * kx];
+        const float *wx = &tx.w[ox * kx];
+        V4 acc = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int q = 0; q < kx; q++) {
+          V4 a;
+          std::memcpy(&a, tb + ix[q] * 3, sizeof(V4));
+          acc += a * wx[q];
+        }
+        std::memcpy(row + 3 * ox, &acc, sizeof(V4));
+      }
+      if (clip)
+        for (int j = 0; j < out_w * 3; j++) row[j] = ClipLevel(row[j]);
+      return;
+    }
     for (int ox = 0; ox < out_w; ox++) {
       for (int ch = 0; ch < c; ch++) {
         float acc = 0.0f;
