@@ -177,31 +177,48 @@ def test_colour_jitter_equals_torchvisions_functions():
 
 
 # -- native against the twin and the reference ------------------------------------------------------------------------
-def _native_run(policy, jitter, images, u, z, size, emulated=False):
+# Where apply_program runs: the CPU operator, the GPU launch emulated on the host (every CPU run), the GPU.
+APPLY_BACKENDS = ["cpu", "gpu_emulated", pytest.param("gpu", marks=pytest.mark.gpu)]
+
+
+def _apply_op(backend):
+    if backend == "gpu":
+        if not native.available("gpu", 0):
+            pytest.skip(f"native CUDA operator unavailable: {native.why_unavailable('gpu', 0)}")
+        return lambda im, ops, params, **kw: fn.dalimix.apply_program(im.gpu(), ops, params, device="gpu", **kw)
+    return fn.dalimix.apply_program_gpu_emulated if backend == "gpu_emulated" else fn.dalimix.apply_program
+
+
+def _as_arrays(batch):
+    batch = batch.as_cpu() if hasattr(batch, "as_cpu") else batch
+    return [np.asarray(batch[i]) for i in range(len(batch))]
+
+
+def _native_run(policy, jitter, images, u, z, size, backend="cpu", out_size=None):
     n = len(images)
     fill = [float(v) for v in (policy.fill if policy is not None else (0, 0, 0))]
+    apply = _apply_op(backend)
+    out_size = out_size or size
 
-    @pipeline_def(batch_size=n, num_threads=2, device_id=None)
+    @pipeline_def(batch_size=n, num_threads=2, device_id=0 if backend == "gpu" else None)
     def pipe():
         uu = fn.external_source(source=lambda: u, batch=True)
         zz = fn.external_source(source=lambda: z, batch=True)
         im = fn.external_source(source=lambda: images, batch=True, layout="HWC")
-        ops, params = fn.dalimix.policy_program(uu, zz, **program_args(policy, jitter, size))
-        op = fn.dalimix.apply_program_gpu_emulated if emulated else fn.dalimix.apply_program
-        return ops, params, op(im, ops, params, size=[size, size], fill=fill)
+        ops, params = fn.dalimix.policy_program(uu, zz, **program_args(policy, jitter, out_size))
+        return ops, params, apply(im, ops, params, size=[out_size, out_size], fill=fill)
 
     p = pipe()
     p.build()
     ops, params, out = p.run()
-    return ([np.asarray(ops[i]) for i in range(n)], [np.asarray(params[i]) for i in range(n)],
-            [np.asarray(out[i]) for i in range(n)])
+    return _as_arrays(ops), _as_arrays(params), _as_arrays(out)
 
 
 @needs_native
-@pytest.mark.parametrize("emulated", [False, True])
+@pytest.mark.parametrize("backend", APPLY_BACKENDS)
 @pytest.mark.parametrize("text,jitter,size", [(t, None, 33) for t in POLICIES] +
                          [("3a", 0.3, 40), (None, (0.4, 0.4, 0.4, 0.1), 40), ("rand-m9-mstd0.5-inc1", 0.4, 24)])
-def test_native_program_and_apply_equal_the_twin_and_pil(text, jitter, size, emulated):
+def test_native_program_and_apply_equal_the_twin_and_pil(text, jitter, size, backend):
     policy = parse_policy(text, interpolation="random") if text else None
     jit = parse_color_jitter(jitter)
     layers = P.program_layers(policy, jit)
@@ -210,7 +227,7 @@ def test_native_program_and_apply_equal_the_twin_and_pil(text, jitter, size, emu
     u = [rng.random(layers * P.UNIFORMS_PER_LAYER).astype(np.float32) for _ in range(n)]
     z = [rng.standard_normal(layers).astype(np.float32) for _ in range(n)]
     images = [photo(int(rng.integers(1 << 30)), size) for _ in range(n)]
-    ops, params, outs = _native_run(policy, jit, images, u, z, size, emulated)
+    ops, params, outs = _native_run(policy, jit, images, u, z, size, backend)
     fill = policy.fill if policy is not None else (0, 0, 0)
     for i in range(n):
         twin_ops, twin_params = P.make_program(policy, jit, u[i], z[i], size)
@@ -220,8 +237,8 @@ def test_native_program_and_apply_equal_the_twin_and_pil(text, jitter, size, emu
 
 
 @needs_native
-@pytest.mark.parametrize("emulated", [False, True])
-def test_native_blur_and_geometry_over_their_ranges(emulated):
+@pytest.mark.parametrize("backend", APPLY_BACKENDS)
+def test_native_blur_and_geometry_over_their_ranges(backend):
     """Blur radii 0.1-8, rotations through the multiples of 90 degrees, shears and translations beyond the image."""
     size, n = 37, 16
     rng = np.random.default_rng(1)
@@ -235,21 +252,60 @@ def test_native_blur_and_geometry_over_their_ranges(emulated):
     ops, params = [p[0] for p in programs], [p[1] for p in programs]
     n = len(programs)
 
-    @pipeline_def(batch_size=n, num_threads=2, device_id=None)
+    apply = _apply_op(backend)
+
+    @pipeline_def(batch_size=n, num_threads=2, device_id=0 if backend == "gpu" else None)
     def pipe():
         im = fn.external_source(source=lambda: images[:n], batch=True, layout="HWC")
         o = fn.external_source(source=lambda: ops, batch=True)
         p = fn.external_source(source=lambda: params, batch=True)
-        op = fn.dalimix.apply_program_gpu_emulated if emulated else fn.dalimix.apply_program
-        return op(im, o, p, size=[size, size], fill=[9.0, 200.0, 77.0])
+        return apply(im, o, p, size=[size, size], fill=[9.0, 200.0, 77.0])
 
     pipe_ = pipe()
     pipe_.build()
     (out,) = pipe_.run()
+    out = _as_arrays(out)
     for i in range(n):
-        np.testing.assert_array_equal(np.asarray(out[i]), reference(images[i], ops[i], params[i], (9, 200, 77)),
+        np.testing.assert_array_equal(out[i], reference(images[i], ops[i], params[i], (9, 200, 77)),
                                       err_msg=f"program {i}: op {ops[i]} params {params[i]}")
     del rng
+
+
+@needs_native
+@pytest.mark.parametrize("backend", APPLY_BACKENDS)
+@pytest.mark.parametrize("cubic", [False, True])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_the_resize_to_the_crop_matches_the_numpy_reference(backend, cubic, antialias):
+    """apply_program's resize of a random-resized crop to `size` (then its flip), before any layer: the fused
+    operator's filters (triangle or Keys' cubic, widened with antialias), rounded to uint8."""
+    import native_reference as R
+    rng = np.random.default_rng(int(cubic) * 2 + int(antialias))
+    size, n = 29, 8
+    images = [rng.integers(0, 256, (int(rng.integers(9, 90)), int(rng.integers(9, 90)), 3), dtype=np.uint8)
+              for _ in range(n)]
+    mirror = [np.int32(i % 2) for i in range(n)]
+    ops = [np.zeros(0, np.int32)] * n
+    params = [np.zeros((0, P.NUM_PARAMS), np.float64)] * n
+    apply = _apply_op(backend)
+
+    @pipeline_def(batch_size=n, num_threads=2, device_id=0 if backend == "gpu" else None)
+    def pipe():
+        im = fn.external_source(source=lambda: images, batch=True, layout="HWC")
+        o = fn.external_source(source=lambda: ops, batch=True)
+        p = fn.external_source(source=lambda: params, batch=True)
+        m = fn.external_source(source=lambda: mirror, batch=True)
+        return apply(im, o, p, size=[size, size], antialias=antialias, interp=2 if cubic else 1, mirror=m)
+
+    pipe_ = pipe()
+    pipe_.build()
+    (out,) = pipe_.run()
+    for i, got in enumerate(_as_arrays(out)):
+        want = R.resample(images[i].astype(np.float64), size, size, antialias=antialias, cubic=cubic)
+        want = np.clip(np.rint(want), 0, 255)
+        want = want[:, ::-1] if mirror[i] else want
+        assert got.shape == (size, size, 3) and got.dtype == np.uint8
+        np.testing.assert_allclose(got.astype(np.float64), want, atol=1.0, err_msg=f"sample {i}")
+        assert np.mean(got != want) < 0.01  # off by one only where float32 sums round the other way
 
 
 # -- in distribution, against the libraries' transforms ------------------------------------------------------------------
