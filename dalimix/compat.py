@@ -4,7 +4,7 @@
 `torchvision_loaders(args)` the datasets, samplers and `DataLoader`s of torchvision's
 `references/classification/train.py`; nothing else in the script changes. Every flag that maps is mapped
 (mixing, smoothing where the script expects it, erasing, crop scale and ratio, flip, mean/std, crop_pct,
-channels_last, dtype, batches, ranks, the policy and sampler flags dalimix has); each flag that would
+channels_last, dtype, batches, ranks, the policy, repeated augmentation); each flag that would
 change the recipe and has no effect here is named in one warning, never dropped silently. README sections
 "timm's train.py" and "torchvision's train.py" list them.
 """
@@ -135,16 +135,16 @@ def timm_loaders(args: Any, data_config: Mapping[str, Any], **overrides: Any) ->
     mix = _timm_mix(args)
     off = _get(args, "mixup_off_epoch", 0)
     policy = _timm_policy(args, data_config)
-    unhonoured = _check_flags(args, _TIMM_UNHONOURED)
-    if _get(args, "aug_repeats"):
-        unhonoured.append(f"--aug-repeats {_get(args, 'aug_repeats')} (no repeated augmentation)")
-    _unhonoured("timm train.py", unhonoured)
+    _unhonoured("timm train.py", _check_flags(args, _TIMM_UNHONOURED))
+    # timm's RepeatAugSampler (distributed only there; dalimix repeats on one process too).
+    repeats = max(1, int(_get(args, "aug_repeats", 0) or 0))
     train = DaliLoader(train_pipeline(
         _timm_split(root, _get(args, "train_split", "train"), TIMM_TRAIN_SPLITS), batch_size=args.batch_size,
         mix=mix, mix_off_epoch=off if mix is not None and off else None, seed=_get(args, "seed"),
         scale=tuple(_get(args, "scale", (0.08, 1.0))), ratio=tuple(_get(args, "ratio", (3 / 4, 4 / 3))),
         flip_prob=float(_get(args, "hflip", 0.5)), re_prob=float(_get(args, "reprob", 0.0)),
-        re_mode=_get(args, "remode", "pixel"), re_count=int(_get(args, "recount", 1)), **policy, **common))
+        re_mode=_get(args, "remode", "pixel"), re_count=int(_get(args, "recount", 1)), repeats=repeats,
+        **policy, **common))
     split = _get(args, "val_split", "validation")
     evaluate = None
     if split:
@@ -227,10 +227,12 @@ def torchvision_loaders(args: Any, **overrides: Any) -> tuple[Any, Any]:
     unhonoured = _check_flags(args, _TV_UNHONOURED) + unhonoured
     _unhonoured("torchvision train.py", unhonoured)
     interp = _two_way(_get(args, "interpolation", "bilinear"))
+    # torchvision's RASampler, which the script uses in distributed runs only; so does this.
+    repeats = int(_get(args, "ra_reps", 3)) if _get(args, "ra_sampler") and _get(args, "distributed") else 1
     train = DaliLoader(train_pipeline(
         os.path.join(root, "train"), batch_size=args.batch_size, crop=int(_get(args, "train_crop_size", 224)),
         mix=mix, re_prob=float(_get(args, "random_erase", 0.0)), re_mode="const", re_order="before_mix",
-        auto_augment=policy, interpolation=interp, **common))
+        auto_augment=policy, interpolation=interp, repeats=repeats, **common))
     start = _tv_resume_epoch(_get(args, "resume")) if not _get(args, "test_only") else None
     if start is not None:
         train.set_epoch(start)
@@ -252,6 +254,4 @@ def _tv_policy(args: Any) -> tuple[Optional[str], list[str]]:
         policy = None
     if str(_get(args, "interpolation", "bilinear")) not in ("bilinear", "bicubic"):
         out.append(f"--interpolation {_get(args, 'interpolation')!r} (dalimix resamples bilinearly or bicubically)")
-    if _get(args, "ra_sampler"):
-        out.append(f"--ra-sampler --ra-reps {_get(args, 'ra_reps', 3)} (no repeated augmentation)")
     return policy, out

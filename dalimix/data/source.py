@@ -8,7 +8,13 @@ is a stateless function of (epoch, iteration), as DALI's `external_source` wants
   DistributedSampler does), so every shard yields the same number of full batches;
 - val shards take contiguous ranges without padding, and the last batch is short, never duplicated;
 - a decode error can be traced back to the files of the failing batch;
-- resuming at epoch `e` only needs `start_epoch = e`.
+- resuming at epoch `e` only needs `start_epoch = e`;
+- with `repeats=R` (repeated augmentation, DeiT's RASampler and torchvision's `--ra-sampler`), each train
+  epoch keeps its length per shard and holds about len/R distinct images, each R times with independent
+  augmentation: the order's images are repeated R times in a row and dealt out with the same stride, so the R
+  copies go to R different shards when there are at least R. Copies that land on one shard are spread over the
+  epoch (all first copies, then all second copies, each round in its own seeded order), so they share a
+  batch (and its BatchNorm statistics) only where the shard holds fewer distinct images than a batch.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ class FileSource:
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
                  start_epoch: int = 0, read_ahead: int = 2, max_batches: int | None = None,
-                 classes: Sequence[str] = ()):
+                 classes: Sequence[str] = (), repeats: int = 1):
         if len(files) != len(labels):
             raise ValueError(f"files ({len(files)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
@@ -46,6 +52,10 @@ class FileSource:
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.start_epoch = int(start_epoch)
+        self.repeats = V.positive_int("repeats", repeats)
+        if self.repeats > 1 and not drop_last:
+            raise V.ArgumentError("repeats", "repeats: repeated augmentation is for train sources (drop_last); "
+                                             "a val pass reads each image once")
         n = len(self.files)
         if drop_last:
             self.samples_per_shard = math.ceil(n / num_shards)
@@ -96,14 +106,35 @@ class FileSource:
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
         if self.drop_last:
             total = self.samples_per_shard * self.num_shards
-            order = np.resize(order, total)  # repeats the order cyclically up to a multiple of num_shards
-            idx = order[self.shard_id::self.num_shards]
+            if self.repeats > 1:
+                order = np.repeat(order, self.repeats)
+            order = np.resize(order, max(total, len(order)))  # cyclically up to a multiple of num_shards
+            idx = order[self.shard_id::self.num_shards][:self.samples_per_shard]
+            if self.repeats > 1:
+                idx = self._spread_copies(idx, epoch)
         else:
             lo, hi = self._range(self.shard_id)
             idx = order[lo:hi]
         self._orders = {e: v for e, v in self._orders.items() if abs(e - epoch) <= 1}  # this and next epoch
         self._orders[epoch] = idx
         return idx
+
+    def _spread_copies(self, idx: np.ndarray, epoch: int) -> np.ndarray:
+        """`idx` with the copies of an image on this shard apart: round r holds every image's r-th copy, each
+        round in its own order drawn from (seed, epoch, shard, r)."""
+        by_file = np.argsort(idx, kind="stable")
+        ordered = idx[by_file]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        copy = np.empty(len(idx), dtype=np.int64)
+        copy[by_file] = np.arange(len(idx)) - np.repeat(starts, np.diff(np.r_[starts, len(idx)]))
+        if len(idx) == 0 or copy.max() == 0:
+            return idx
+        rounds = []
+        for r in range(int(copy.max()) + 1):
+            part = idx[copy == r]
+            rng = np.random.default_rng([self.seed, epoch, self.shard_id, r + 1])
+            rounds.append(part[rng.permutation(len(part))] if self.shuffle else part)
+        return np.concatenate(rounds)
 
     def batch_indices(self, epoch: int, iteration: int) -> np.ndarray:
         """Indices of the files in batch `iteration` of `epoch` (empty past the end of this shard)."""

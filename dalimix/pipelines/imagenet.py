@@ -46,7 +46,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    max_batches_per_epoch: Optional[int] = None,
                    decoder_options: Optional[dict] = None, auto_augment: Optional[str] = None,
                    color_jitter: Any = None, interpolation: str = "bilinear",
-                   re_order: str = "after_mix") -> PipelineSpec:
+                   re_order: str = "after_mix", repeats: int = 1) -> PipelineSpec:
     """The ImageNet training pipeline, outputs `("images", "targets")`, as a `PipelineSpec`.
 
     Decode is fused with the random-resized crop (`scale`, `ratio`), then resample to `crop`
@@ -68,6 +68,9 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     `device` is "gpu" or "cpu", or torch's "cuda", "cuda:N" or a `torch.device`; a GPU without an index is
     `device_id`, else this rank's. `dtype` "bfloat16" is written as float32 and converted by `DaliLoader`.
     `mix=MixConfig(...)` with `num_classes=None` (its default) takes the class count of the data.
+    `repeats=R` is repeated augmentation (DeiT's RASampler, torchvision's `--ra-sampler`): each epoch keeps
+    its length and holds about len/R distinct images, R times each, the copies on different ranks where
+    there are at least R (see `dalimix.data.source`); folder datasets only.
     """
     batch_size, num_threads, num_shards = _sizes(batch_size, num_threads, num_shards, shard_id)
     crop = V.positive_int("crop", crop)
@@ -92,7 +95,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
                          allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
                          num_shards=num_shards, train=True, seed=order_seed, first_epoch=first_epoch,
-                         max_batches=max_batches_per_epoch)
+                         max_batches=max_batches_per_epoch, repeats=repeats)
     if mix is not None:
         try:
             mix = mix.with_classes(len(source.classes))

@@ -25,10 +25,15 @@ def _load(data_dir: str | os.PathLike, file_list: Optional[str], verify: bool,
 
 def make_source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify: bool,
             classes: Optional[Sequence[str]], allow_outside_root: bool, batch_size: int, shard_id: int,
-            num_shards: int, train: bool, seed: int, first_epoch: int, max_batches: Optional[int]) -> Any:
+            num_shards: int, train: bool, seed: int, first_epoch: int, max_batches: Optional[int],
+            repeats: int = 1) -> Any:
     """The file source of a pipeline: a `FileSource` over a folder tree or file list, or a `ShardSource`
     over tar shards (a brace pattern, a folder of .tar files or one .tar)."""
     if file_list is None and shards.is_shard_spec(data_dir):
+        if repeats != 1:
+            raise V.ArgumentError("repeats", "repeats: repeated augmentation needs the folder source; DALI's "
+                                             "webdataset reader of tar shards reads each sample once per epoch in "
+                                             "contiguous ranges and cannot deal copies to other ranks")
         if max_batches is not None:
             raise V.ArgumentError("max_batches_per_epoch", "max_batches_per_epoch works with folder datasets only: "
                                   "the webdataset reader of tar shards decides where an epoch ends")
@@ -39,7 +44,7 @@ def make_source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify
     dataset = _load(data_dir, file_list, verify, classes, allow_outside_root)
     source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
                         num_shards=num_shards, shuffle=train, seed=seed, drop_last=train, start_epoch=first_epoch,
-                        max_batches=max_batches, classes=dataset.classes)
+                        max_batches=max_batches, classes=dataset.classes, repeats=repeats)
     return source
 
 

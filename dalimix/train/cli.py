@@ -83,6 +83,9 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help="--device gpu: the decoder's device and host memory padding (default DALI's)")
     g.add_argument("--decoder-preallocate", type=int, nargs=2, default=None, metavar=("W", "H"),
                    help="--device gpu: preallocate decoder buffers for images of W x H")
+    g.add_argument("--aug-repeats", type=int, default=1, metavar="R",
+                   help="repeated augmentation (DeiT, torchvision's --ra-sampler): each epoch holds about 1/R of the "
+                        "images, R times each, the copies on different ranks where there are R (default 1: off)")
     g.add_argument("--max-steps-per-epoch", type=int, default=None, metavar="N",
                    help="smoke runs: train only the first N batches of each epoch's shuffled order")
     g.add_argument("--max-val-steps", type=int, default=None, metavar="N",
@@ -171,7 +174,7 @@ FLAGS = {"mixup_alpha": "--mixup-alpha", "cutmix_alpha": "--cutmix-alpha", "cutm
          "resize": "--val-resize", "num_threads": "--threads", "max_batches_per_epoch": "--max-steps-per-epoch",
          "mix_off_epoch": "--mixup-off-epoch", "seed": "--seed", "arch": "--arch", "resume": "--resume",
          "auto_augment": "--aa", "color_jitter": "--color-jitter", "interpolation": "--interpolation",
-         "re_order": "--re-order",
+         "re_order": "--re-order", "repeats": "--aug-repeats",
          "manifold_alpha": "--manifold-mixup-alpha", "manifold_layers": "--manifold-layers", "data": "--data"}
 
 
@@ -212,6 +215,7 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     need(a.manifold_layers is None or a.manifold_mixup_alpha > 0, "--manifold-layers",
          "needs --manifold-mixup-alpha > 0")
     need(a.print_freq >= 0, "--print-freq", f"must be >= 0, got {a.print_freq}")
+    need(a.aug_repeats >= 1, "--aug-repeats", f"must be >= 1, got {a.aug_repeats}")
     need(a.dist_timeout > 0, "--dist-timeout", f"must be > 0 minutes, got {a.dist_timeout}")
     need(a.dist_report_wait >= 0, "--dist-report-wait", f"must be >= 0 seconds, got {a.dist_report_wait}")
     for flag, value in (("--max-steps-per-epoch", a.max_steps_per_epoch), ("--max-val-steps", a.max_val_steps)):
@@ -319,6 +323,7 @@ def _run_config(a: argparse.Namespace) -> Any:
         max_steps_per_epoch=a.max_steps_per_epoch, max_val_steps=a.max_val_steps, seed=a.seed,
         mix=dataclasses.replace(a.mix, num_classes=num_classes) if a.mix is not None else None,
         mix_off_epoch=a.mixup_off_epoch, re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count,
+        repeats=a.aug_repeats,
         re_order=a.re_order, auto_augment=a.aa, color_jitter=a.color_jitter, interpolation=a.interpolation,
         manifold_alpha=a.manifold_mixup_alpha,
         manifold_layers=[s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None,

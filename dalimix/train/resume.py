@@ -32,7 +32,7 @@ from dalimix.spec import PipelineSpec
 # wrong augmentation stream.
 DATA_SETTINGS = ("data", "device", "batch_size", "crop", "seed", "mixup_alpha", "cutmix_alpha", "cutmix_minmax",
                  "mix_prob", "switch_prob", "mix_mode", "label_smoothing", "re_prob", "re_mode", "re_count",
-                 "re_order", "aa", "color_jitter", "interpolation",
+                 "re_order", "aa", "color_jitter", "interpolation", "aug_repeats",
                  "channels_last", "max_steps_per_epoch")
 
 

@@ -62,6 +62,7 @@ class RunConfig:
     re_prob: float = 0.0
     re_mode: str = "const"
     re_count: int = 1
+    repeats: int = 1                             # repeated augmentation (copies per image per epoch)
     re_order: str = "after_mix"
     auto_augment: Optional[str] = None           # a per-sample policy (timm's or torchvision's name)
     color_jitter: Any = None
@@ -207,8 +208,9 @@ def make_loaders(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] =
                              num_threads=cfg.threads, mix=cfg.mix, shard_id=ctx.rank, num_shards=ctx.world_size,
                              seed=cfg.seed, device_id=device_id, scale=tuple(cfg.scale),
                              channels_last=cfg.channels_last, re_prob=cfg.re_prob, re_mode=cfg.re_mode,
-                             re_count=cfg.re_count, re_order=cfg.re_order, auto_augment=cfg.auto_augment,
-                             color_jitter=cfg.color_jitter, interpolation=cfg.interpolation,
+                             re_count=cfg.re_count, repeats=cfg.repeats, re_order=cfg.re_order,
+                             auto_augment=cfg.auto_augment, color_jitter=cfg.color_jitter,
+                             interpolation=cfg.interpolation,
                              classes=list(cfg.classes), first_epoch=first_epoch,
                              checkpoint=checkpoint, max_batches_per_epoch=cfg.max_steps_per_epoch,
                              prefetch_queue_depth=cfg.prefetch, decoder_options=cfg.decoder_options or None,
