@@ -301,6 +301,71 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
     assert all(torch.allclose(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"], rtol=1e-6, atol=1e-7) for k in sa)
 
 
+def test_the_weights_moving_average_follows_its_rule():
+    """ModelEma: the first update copies; then ema = decay * ema + (1 - decay) * weights, BatchNorm buffers
+    included, every `every` steps only."""
+    from dalimix.train.ema import ModelEma
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = ModelEma(net, 0.9, every=2)
+    snapshots = []
+    expected = None
+    for step in range(1, 7):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+        ema.step(net)
+        if step % 2 == 0:
+            now = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+            expected = now if expected is None else {k: 0.9 * expected[k] + 0.1 * now[k] for k in now}
+            snapshots.append(expected)
+    got = ema.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(got["0.weight"], net.state_dict()["0.weight"])
+    saved = ema.state_dict()
+    again = ModelEma(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), 0.9, every=2)
+    again.load_state_dict(saved)
+    assert again.steps == 6 and int(again.averaged.n_averaged) == 3
+    torch.testing.assert_close(again.module.state_dict()["0.weight"], got["0.weight"])
+    with pytest.raises(ValueError, match="model_ema"):
+        ModelEma(net, 1.0)
+
+
+@pytest.mark.slow
+def test_model_ema_is_evaluated_saved_and_resumed_exactly(data, tmp_path):
+    common = ["--data", str(data), "--epochs", "2", *BASE, *MIXING, "--warmup-epochs", "0.5",
+              "--max-steps-per-epoch", "5", "--max-val-steps", "2", "--model-ema", "0.8", "--model-ema-steps", "2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    proc = ok(run_script(*common, "--output", str(full)))
+    assert "EMA top-1" in proc.stdout
+    ok(run_script(*common, "--output", str(part), "--stop-at-epoch", "1"))
+    ok(run_script(*common, "--output", str(part), "--resume", str(part / "checkpoint.pt")))
+    rows = metrics(full)
+    assert all(0 <= r["ema_top1"] <= r["ema_top5"] <= 100 and math.isfinite(r["ema_loss"]) for r in rows)
+    for x, y in zip(rows, metrics(part)):
+        assert x["ema_top1"] == pytest.approx(y["ema_top1"]) and x["ema_loss"] == pytest.approx(y["ema_loss"], rel=1e-6)
+    a, b = load(full / "checkpoint.pt"), load(part / "checkpoint.pt")
+    assert a["ema"]["steps"] == b["ema"]["steps"] == 10 and a["ema"]["n_averaged"] == 5
+    for key, value in a["ema"]["module"].items():
+        torch.testing.assert_close(value.double(), b["ema"]["module"][key].double(), rtol=1e-6, atol=1e-7)
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["best_ema_top1"] == max(r["ema_top1"] for r in rows)
+    from dalimix.train.models import build_model
+    net = build_model("resnet18", num_classes=10)
+    best = load(full / "best_ema.pt")
+    net.load_state_dict(best["model"])  # the moving average loads into the plain network
+    assert best["ema_of"] == "model" and "optimizer" not in best
+    # a crash between the checkpoint and best_ema.pt: the resumed run rebuilds it from the checkpoint
+    crashed = tmp_path / "crashed"
+    ok(run_script(*common, "--output", str(crashed), "--stop-at-epoch", "1"))
+    (crashed / "best_ema.pt").unlink()
+    proc = ok(run_script(*common, "--epochs", "2", "--output", str(crashed), "--resume",
+                         str(crashed / "checkpoint.pt"), "--stop-at-epoch", "1"))
+    assert (crashed / "best_ema.pt").is_file()
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks_read_disjoint_shards(data, tmp_path):
     out, seen = tmp_path / "ddp", tmp_path / "seen"

@@ -108,6 +108,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=float, default=0.0,
                    help="linear warmup length in epochs (fractions allowed), then cosine decay per step")
     g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the gradient norm")
+    g.add_argument("--model-ema", type=float, default=None, metavar="DECAY",
+                   help="keep a moving average of the weights (decay per update, timm's meaning, e.g. 0.9998), "
+                        "evaluated beside the model each epoch (ema_top1), saved in checkpoints, best_ema.pt")
+    g.add_argument("--model-ema-steps", type=int, default=1, metavar="K",
+                   help="update the moving average every K optimizer steps (default 1)")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: float16 autocast + gradient scaling on GPU, bfloat16 autocast on CPU")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across ranks (distributed runs)")
@@ -216,6 +221,8 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
          "needs --manifold-mixup-alpha > 0")
     need(a.print_freq >= 0, "--print-freq", f"must be >= 0, got {a.print_freq}")
     need(a.aug_repeats >= 1, "--aug-repeats", f"must be >= 1, got {a.aug_repeats}")
+    need(a.model_ema is None or 0.0 < a.model_ema < 1.0, "--model-ema", f"must lie in (0, 1), got {a.model_ema}")
+    need(a.model_ema_steps >= 1, "--model-ema-steps", f"must be >= 1, got {a.model_ema_steps}")
     need(a.dist_timeout > 0, "--dist-timeout", f"must be > 0 minutes, got {a.dist_timeout}")
     need(a.dist_report_wait >= 0, "--dist-report-wait", f"must be >= 0 seconds, got {a.dist_report_wait}")
     for flag, value in (("--max-steps-per-epoch", a.max_steps_per_epoch), ("--max-val-steps", a.max_val_steps)):
@@ -325,7 +332,7 @@ def _run_config(a: argparse.Namespace) -> Any:
         mix_off_epoch=a.mixup_off_epoch, re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count,
         repeats=a.aug_repeats,
         re_order=a.re_order, auto_augment=a.aa, color_jitter=a.color_jitter, interpolation=a.interpolation,
-        manifold_alpha=a.manifold_mixup_alpha,
+        manifold_alpha=a.manifold_mixup_alpha, model_ema=a.model_ema, model_ema_steps=a.model_ema_steps,
         manifold_layers=[s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None,
         manifold_input=not a.manifold_no_input, arch=a.arch, sync_bn=a.sync_bn, lr=a.lr, min_lr=a.min_lr,
         momentum=a.momentum, nesterov=not a.no_nesterov, weight_decay=a.weight_decay,

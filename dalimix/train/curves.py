@@ -69,7 +69,7 @@ def _loss_panel(ax, history, epochs, marker) -> None:
 
 
 def _accuracy_panel(ax, history, epochs, marker) -> None:
-    for key, label in (("val_top1", "val top-1"), ("val_top5", "val top-5")):
+    for key, label in (("val_top1", "val top-1"), ("val_top5", "val top-5"), ("ema_top1", "EMA val top-1")):
         x, y = _series(history, epochs, key)
         if x:
             ax.plot(x, y, marker=marker, label=label)

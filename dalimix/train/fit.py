@@ -16,6 +16,7 @@ from torch import nn
 
 from dalimix.train.checkpoint import CHECKPOINT_VERSION, copy_atomic, dali_checkpoint, save_checkpoint
 from dalimix.train.distributed import DistContext
+from dalimix.train.ema import ModelEma, best_ema_checkpoint
 from dalimix.train.evaluate import evaluate
 from dalimix.train.loop import train_one_epoch
 from dalimix.train.models import unwrap
@@ -45,7 +46,7 @@ def _log_epoch(row: Mapping[str, Any], cfg: FitConfig, ctx: DistContext, loader:
     log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
         f"  top-1 {row['val_top1']:.2f}%  top-5 {row['val_top5']:.2f}%  "
         f"{row['images_per_sec']:.1f} img/s  input wait {share_text(row['input_wait'])}  lr {row['lr']:.4g}  "
-        f"({row['epoch_time']:.1f}s)")
+        f"({row['epoch_time']:.1f}s)" + (f"  EMA top-1 {row['ema_top1']:.2f}%" if "ema_top1" in row else ""))
     if warned:
         return True
     worst, rank = row["input_wait_max"], row["input_wait_rank"]
@@ -58,14 +59,17 @@ def _log_epoch(row: Mapping[str, Any], cfg: FitConfig, ctx: DistContext, loader:
 
 
 def _write_epoch(out: str, checkpoint: Mapping[str, Any], improved: bool, state: TrainState, cfg: FitConfig,
-                 summary: Mapping[str, Any]) -> None:
+                 summary: Mapping[str, Any], ema_improved: bool = False) -> None:
     """The epoch's files. Each goes to a tmp name and is renamed over the old one, the checkpoint first (the
     commit point): a crash before the others are written leaves them behind it, and `repair_outputs` (run by
-    the resumed fit) rewrites them from it."""
+    the resumed fit) rewrites them from it. `best_ema.pt` holds the moving average as the checkpoint's
+    "model", so it loads into the bare network as `best.pt` does."""
     path = os.path.join(out, "checkpoint.pt")
     save_checkpoint(path, checkpoint)
     if improved:
         copy_atomic(path, os.path.join(out, "best.pt"))
+    if ema_improved:
+        save_checkpoint(os.path.join(out, "best_ema.pt"), best_ema_checkpoint(checkpoint))
     write_metrics(os.path.join(out, "metrics.jsonl"), state.history)
     plot(state.history, os.path.join(out, "curves.png"), cfg.plot_title, cfg.input_wait_threshold)
     write_json(os.path.join(out, "summary.json"), summary)
@@ -73,7 +77,8 @@ def _write_epoch(out: str, checkpoint: Mapping[str, Any], improved: bool, state:
 
 def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.optim.Optimizer, *,
         ctx: DistContext, cfg: FitConfig, scheduler: Any = None, scaler: Any = None,
-        state: Optional[TrainState] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+        state: Optional[TrainState] = None, log: Callable[[str], None] = print,
+        ema: Optional[ModelEma] = None) -> dict[str, Any]:
     """Train from `state.epoch` to `cfg.epochs`, evaluating after every epoch; return the summary.
 
     `model` is what the training step calls (possibly `DDP(ManifoldMixup(net))`); evaluation and checkpoints
@@ -82,6 +87,9 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
     `best.pt` when val top-1 improved, `curves.png` and `summary.json`. Each epoch's line and row carry its
     input wait; the first epoch whose worst rank waits more than `cfg.input_wait_threshold` of its training
     time for input logs one line naming the tuning command (`cfg.tune_command`, or one made from the loader).
+    With `ema` (the weights' moving average), it is updated after every optimizer step, evaluated beside the
+    model each epoch (`ema_top1`, `ema_top5`, `ema_loss` in the row), kept in the checkpoint, and written as
+    `best_ema.pt` when its top-1 improves.
     """
     state = state or TrainState()
     net = unwrap(model)
@@ -101,11 +109,20 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
         train = train_one_epoch(model, train_loader, optimizer, ctx=ctx, epoch=epoch, epochs=cfg.epochs,
                                 scheduler=scheduler, scaler=scaler, amp_dtype=cfg.amp_dtype, manifold=manifold,
                                 max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
-                                print_freq=cfg.print_freq, recorder=cfg.recorder)
+                                print_freq=cfg.print_freq, recorder=cfg.recorder,
+                                after_step=(lambda: ema.step(net)) if ema is not None else None)
         dali_state = dali_checkpoint(train_loader)
         val = evaluate(net, val_loader, ctx=ctx, amp_dtype=cfg.amp_dtype, progress=cfg.progress,
                        desc=f"epoch {epoch + 1}/{cfg.epochs} val", epoch=epoch, recorder=cfg.recorder)
         row = _row(epoch, train, val, time.perf_counter() - t0, manifold)
+        ema_improved = False
+        if ema is not None:
+            ema_val = evaluate(ema.module, val_loader, ctx=ctx, amp_dtype=cfg.amp_dtype, progress=cfg.progress,
+                               desc=f"epoch {epoch + 1}/{cfg.epochs} val (EMA)", epoch=epoch)
+            row.update(ema_top1=ema_val["val_top1"], ema_top5=ema_val["val_top5"], ema_loss=ema_val["val_loss"])
+            ema_improved = math.isfinite(ema_val["val_top1"]) and ema_val["val_top1"] > state.best_ema_top1
+            if ema_improved:
+                state.best_ema_top1, state.best_ema_epoch = ema_val["val_top1"], epoch
         state.history.append(row)
         improved = math.isfinite(val["val_top1"]) and val["val_top1"] > state.best_top1
         if improved:
@@ -129,7 +146,10 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
                 "best_top5": state.best_top5, "best_epoch": state.best_epoch, "wall_time": state.wall_time,
                 "run_info": cfg.run_info,
             }
-            _write_epoch(out, checkpoint, improved, state, cfg, summary)
+            if ema is not None:
+                checkpoint.update(ema=ema.state_dict(), best_ema_top1=state.best_ema_top1,
+                                  best_ema_epoch=state.best_ema_epoch)
+            _write_epoch(out, checkpoint, improved, state, cfg, summary, ema_improved)
         ctx.barrier()
     if cfg.recorder is not None and cfg.recorder_path:
         cfg.recorder.dump(cfg.recorder_path)

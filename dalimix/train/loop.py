@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -22,13 +22,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     epoch: int = 0, epochs: Optional[int] = None, scheduler: Any = None, scaler: Any = None,
                     amp_dtype: Optional[torch.dtype] = None, manifold: bool = False,
                     max_grad_norm: Optional[float] = None, progress: bool = True, print_freq: int = 10,
-                    recorder: Optional[SeenRecorder] = None) -> dict[str, float]:
+                    recorder: Optional[SeenRecorder] = None,
+                    after_step: Optional[Callable[[], None]] = None) -> dict[str, float]:
     """Train `model` for one pass over `loader`; return loss, images, time, images/s and lr, summed over ranks,
     and how long training waited for its input.
 
     Targets may be int labels (cross-entropy) or float soft targets `[N, K]` (SoftTargetCrossEntropy). With
     `manifold`, `model` is (or DDP-wraps) a `ManifoldMixup` and is called as `model(x, targets)`, returning
-    `(logits, mixed_targets)`. The scheduler is stepped after every optimizer step. `scaler` is a
+    `(logits, mixed_targets)`. The scheduler is stepped after every optimizer step, then `after_step` called
+    (the weights' moving average). `scaler` is a
     `torch.amp.GradScaler` (or None); `amp_dtype` turns on autocast with that dtype.
 
     Input wait (each rank, from its second batch on; see `WaitClock`): `input_wait` is the mean over ranks of
@@ -69,6 +71,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         _backward(loss, model, optimizer, scaler, max_grad_norm)
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         detached = sums.add(loss, n)
         clock.step_end()
         if print_freq > 0 and sums.steps % print_freq == 0:

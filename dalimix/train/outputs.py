@@ -11,7 +11,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from dalimix.atomic_files import json_safe, write_text
-from dalimix.train.checkpoint import checkpoint_epoch, copy_atomic
+from dalimix.train.checkpoint import checkpoint_epoch, copy_atomic, load_checkpoint, save_checkpoint
+from dalimix.train.ema import best_ema_checkpoint
 from dalimix.train.distributed import DistContext
 from dalimix.train.state import FitConfig, TrainState
 from dalimix.train.wait_clock import INPUT_WAIT_THRESHOLD
@@ -39,6 +40,20 @@ def plot(history: Sequence[Mapping[str, Any]], path: str, title: str,
         plot_curves(history, path, title=title, wait_threshold=wait_threshold)  # a tmp file, then renamed
     except Exception as exc:  # noqa: BLE001 - a plotting failure must not kill a training run
         warnings.warn(f"could not draw {path}: {exc}")
+
+
+def _repair_best_ema(output: str, state: TrainState, source: Any) -> list[str]:
+    """`best_ema.pt` rebuilt from the checkpoint resumed from, when that holds the moving average's best epoch
+    and the file does not (a crash between the checkpoint and it)."""
+    path = os.path.join(output, "best_ema.pt")
+    if state.best_ema_epoch < 0 or not source or not os.path.isfile(source):
+        return []
+    if os.path.isfile(path) and checkpoint_epoch(path) == state.best_ema_epoch:
+        return []
+    if checkpoint_epoch(source) != state.best_ema_epoch:
+        return []
+    save_checkpoint(path, best_ema_checkpoint(load_checkpoint(source)))
+    return [f"best_ema.pt rebuilt from {os.path.basename(source)} (epoch {state.best_ema_epoch + 1})"]
 
 
 def repair_outputs(output: str, state: TrainState, cfg: FitConfig, ctx: DistContext,
@@ -70,6 +85,7 @@ def repair_outputs(output: str, state: TrainState, cfg: FitConfig, ctx: DistCont
             elif best_epoch is not None:
                 warnings.warn(f"{best} holds epoch {best_epoch + 1} but {source} says the best is epoch "
                               f"{state.best_epoch + 1}, which neither file holds; best.pt is left as it is")
+    fixed += _repair_best_ema(output, state, source)
     metrics_path = os.path.join(output, "metrics.jsonl")
     expected = "".join(json.dumps(json_safe(dict(row))) + "\n" for row in state.history)
     current = open(metrics_path).read() if os.path.isfile(metrics_path) else None
@@ -118,6 +134,8 @@ def run_summary(state: TrainState, cfg: FitConfig, ctx: DistContext) -> dict[str
         "best_val_top1": state.best_top1 if state.best_epoch >= 0 else None,
         "best_val_top5": state.best_top5 if state.best_epoch >= 0 else None,
         "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
+        **({"final_ema_top1": last.get("ema_top1"), "best_ema_top1": state.best_ema_top1,
+            "best_ema_epoch": state.best_ema_epoch} if state.best_ema_epoch >= 0 else {}),
         # The first epoch pays for warm-up (allocations, caches); report the later ones where there are any.
         "images_per_sec": (float(np.mean(rates[1:])) if len(rates) > 1 else (rates[0] if rates else None)),
         "images_per_sec_last_epoch": last.get("images_per_sec"),

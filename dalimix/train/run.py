@@ -21,6 +21,7 @@ from dalimix import validation as V
 from dalimix.config import MixConfig
 from dalimix.loader import DaliLoader
 from dalimix.train.distributed import DistContext
+from dalimix.train.ema import ModelEma
 from dalimix.train.fit import fit
 from dalimix.train.lr_schedule import step_schedule, warmup_cosine
 from dalimix.train.models import build_model, with_manifold
@@ -67,6 +68,8 @@ class RunConfig:
     auto_augment: Optional[str] = None           # a per-sample policy (timm's or torchvision's name)
     color_jitter: Any = None
     interpolation: str = "bilinear"              # train resample and policy; the val resize is bicubic for "bicubic"
+    model_ema: Optional[float] = None           # the weights' moving average: its decay per update
+    model_ema_steps: int = 1                     # ... updated every this many optimizer steps
     manifold_alpha: float = 0.0
     manifold_layers: Optional[Sequence[str]] = None
     manifold_input: bool = True
@@ -122,6 +125,7 @@ class Run:
     fit_config: FitConfig
     log: Callable[[str], None] = print
     run_info: dict[str, Any] = field(default_factory=dict)
+    ema: Optional[ModelEma] = None  # the weights' moving average (--model-ema), evaluated beside the model
 
     @property
     def steps_per_epoch(self) -> int:
@@ -141,7 +145,8 @@ class Run:
     def fit(self) -> dict[str, Any]:
         """Train from the state's epoch to the end; returns `fit`'s summary."""
         return fit(self.model, self.train_loader, self.val_loader, self.optimizer, ctx=self.ctx,
-                   cfg=self.fit_config, scheduler=self.scheduler, scaler=self.scaler, state=self.state, log=self.log)
+                   cfg=self.fit_config, scheduler=self.scheduler, scaler=self.scaler, state=self.state, log=self.log,
+                   ema=self.ema)
 
 
 def setup_torch(cfg: RunConfig, ctx: DistContext) -> None:
@@ -263,6 +268,7 @@ def build_run(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] = No
     if resume is not None:
         state = resume.restore(model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ctx=ctx,
                                steps_per_epoch=steps, log=log, prefix=resume_prefix, steps_note=steps_note)
+    ema = make_ema(net, cfg, resume, log=log, prefix=resume_prefix)
     info = {"arch": cfg.arch, "num_classes": len(cfg.classes), "num_params": sum(p.numel() for p in net.parameters()),
             "train_images": len(train_loader.source.files), "val_images": len(val_loader.source.files),
             "steps_per_epoch": steps, "global_batch_size": cfg.batch_size * ctx.world_size, **dict(run_info or {})}
@@ -276,4 +282,19 @@ def build_run(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] = No
         tune_command=cfg.tune_command)
     return Run(config=cfg, ctx=ctx, train_loader=train_loader, val_loader=val_loader, net=net, model=model,
                optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state, fit_config=fit_config, log=log,
-               run_info=info)
+               run_info=info, ema=ema)
+
+
+def make_ema(net: nn.Module, cfg: RunConfig, resume: Optional[Resume], *, log: Callable[[str], None] = print,
+             prefix: str = "resume") -> Optional[ModelEma]:
+    """The weights' moving average `cfg.model_ema` asks for, continued from the checkpoint's where it has one."""
+    if cfg.model_ema is None:
+        return None
+    ema = ModelEma(net, cfg.model_ema, cfg.model_ema_steps)
+    stored = resume.checkpoint.get("ema") if resume is not None else None
+    if stored is not None:
+        ema.load_state_dict(stored)
+    elif resume is not None:
+        log(f"{prefix}: the checkpoint holds no moving average of the weights; --model-ema starts one from the "
+            f"resumed weights")
+    return ema

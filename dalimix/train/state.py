@@ -43,6 +43,8 @@ class TrainState:
     best_top5: float = -1.0
     best_epoch: int = -1
     wall_time: float = 0.0
+    best_ema_top1: float = -1.0            # the weights' moving average (--model-ema), evaluated beside them
+    best_ema_epoch: int = -1
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any]) -> "TrainState":
@@ -50,4 +52,6 @@ class TrainState:
         return cls(epoch=int(checkpoint["epoch"]) + 1, history=[dict(r) for r in checkpoint.get("history", [])],
                    best_top1=float(checkpoint.get("best_top1", -1.0)),
                    best_top5=float(checkpoint.get("best_top5", -1.0)),
-                   best_epoch=int(checkpoint.get("best_epoch", -1)), wall_time=float(checkpoint.get("wall_time", 0.0)))
+                   best_epoch=int(checkpoint.get("best_epoch", -1)), wall_time=float(checkpoint.get("wall_time", 0.0)),
+                   best_ema_top1=float(checkpoint.get("best_ema_top1", -1.0)),
+                   best_ema_epoch=int(checkpoint.get("best_ema_epoch", -1)))
