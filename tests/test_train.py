@@ -168,6 +168,14 @@ def script():
     (["--resume", "/no/such/checkpoint.pt"], "--resume"),
     (["--batch-size", "1000"], "--batch-size"),  # more than the dataset holds: found by the pipeline
     (["--device", "gpu"], "--device"),
+    (["--aug-repeats", "0"], "--aug-repeats"),
+    (["--model-ema", "1.0"], "--model-ema"),
+    (["--drop-path", "1.5"], "--drop-path"),
+    (["--drop-path", "0.1"], "--drop-path"),  # torchvision's resnet18 has no stochastic depth: found at build
+    (["--bce-target-thresh", "0.2"], "--bce-target-thresh"),  # without --bce-loss
+    (["--opt", "rmsprop"], "--opt"),
+    (["--arch", "timm/resnet_does_not_exist"], "--arch"),
+    (["--aa", "rand-x9"], "--aa"),
 ])
 def test_bad_flags_are_argparse_errors_naming_the_flag(script, data, capsys, flags, flag):
     if flags == ["--device", "gpu"] and torch.cuda.is_available():
@@ -364,6 +372,49 @@ def test_model_ema_is_evaluated_saved_and_resumed_exactly(data, tmp_path):
     proc = ok(run_script(*common, "--epochs", "2", "--output", str(crashed), "--resume",
                          str(crashed / "checkpoint.pt"), "--stop-at-epoch", "1"))
     assert (crashed / "best_ema.pt").is_file()
+
+
+def test_optimisers_losses_and_timm_models_are_built_as_named():
+    from dalimix.losses import BinarySoftTargetCrossEntropy
+    from dalimix.train.models import build_model
+    from dalimix.train.run import RunConfig, make_criterion, make_optimizer
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    cfg = dict(train_data="x", val_data="x", classes=["a"], epochs=1, batch_size=2, weight_decay=0.05)
+    sgd = make_optimizer(net, RunConfig(**cfg))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
+    adamw = make_optimizer(net, RunConfig(**cfg, opt="adamw", lr=5e-4))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == 5e-4
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]  # none on biases and norms
+    pytest.importorskip("timm")
+    from timm.optim import Lamb
+    assert isinstance(make_optimizer(net, RunConfig(**cfg, opt="lamb")), Lamb)
+    assert make_criterion(RunConfig(**cfg)) is None
+    bce = make_criterion(RunConfig(**cfg, bce_loss=True, bce_target_thresh=0.2))
+    assert isinstance(bce, BinarySoftTargetCrossEntropy) and bce.target_threshold == 0.2
+    model = build_model("timm/resnet18", 7, crop=32, drop_path=0.05)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    assert any(type(m).__name__ == "DropPath" for m in model.modules())
+    convnext = build_model("convnext_tiny", 5, drop_path=0.1)
+    assert max(m.p for m in convnext.modules() if type(m).__name__ == "StochasticDepth") == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_a_timm_model_with_adamw_bce_and_drop_path_trains_and_resumes(data, tmp_path):
+    pytest.importorskip("timm")
+    common = ["--data", str(data), "--epochs", "2", *BASE, *MIXING, "--arch", "timm/resnet18", "--opt", "adamw",
+              "--lr", "1e-3", "--weight-decay", "0.05", "--bce-loss", "--bce-target-thresh", "0.2",
+              "--drop-path", "0.05", "--max-steps-per-epoch", "4", "--max-val-steps", "2"]
+    out = tmp_path / "timm"
+    ok(run_script(*common, "--output", str(out), "--stop-at-epoch", "1"))
+    rows = metrics(out)
+    assert len(rows) == 1 and math.isfinite(rows[0]["train_loss"]) and rows[0]["train_loss"] < 1.0  # BCE scale
+    ckpt = load(out / "checkpoint.pt")
+    assert "exp_avg" in next(iter(ckpt["optimizer"]["state"].values()))  # AdamW's state
+    wrong = run_script(*[c if c != "adamw" else "sgd" for c in common], "--output", str(out), "--resume",
+                       str(out / "checkpoint.pt"))
+    assert wrong.returncode == 2 and "--opt" in wrong.stderr
+    ok(run_script(*common, "--output", str(out), "--resume", str(out / "checkpoint.pt")))
+    assert len(metrics(out)) == 2
 
 
 @pytest.mark.slow

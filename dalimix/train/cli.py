@@ -95,7 +95,17 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 def _model_flags(p: argparse.ArgumentParser) -> None:
     """The network, the optimiser and the schedule."""
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--arch", default="resnet50", help="any torchvision classification model name (default resnet50)")
+    g.add_argument("--arch", default="resnet50",
+                   help="any torchvision classification model name, or timm/NAME for a timm model (pip install "
+                        "'dalimix[timm]'), randomly initialised (default resnet50)")
+    g.add_argument("--drop-path", type=float, default=0.0, metavar="P",
+                   help="stochastic depth: timm's drop_path_rate, torchvision's stochastic_depth_prob (default 0)")
+    g.add_argument("--opt", choices=("sgd", "adamw", "lamb"), default="sgd",
+                   help="SGD with (Nesterov) momentum, torch's AdamW, or timm's LAMB (default sgd)")
+    g.add_argument("--bce-loss", action="store_true",
+                   help="per-class binary cross-entropy on the (mixed, smoothed) targets, as ResNet Strikes Back")
+    g.add_argument("--bce-target-thresh", type=float, default=None, metavar="T",
+                   help="with --bce-loss: binarise the targets at T (t > T -> 1), as timm's train.py")
     g.add_argument("--epochs", type=int, default=90, help="total epochs of the schedule (default 90)")
     g.add_argument("--lr", type=float, default=0.1,
                    help="peak learning rate (default 0.1, the usual value for a global batch of 256)")
@@ -179,7 +189,8 @@ FLAGS = {"mixup_alpha": "--mixup-alpha", "cutmix_alpha": "--cutmix-alpha", "cutm
          "resize": "--val-resize", "num_threads": "--threads", "max_batches_per_epoch": "--max-steps-per-epoch",
          "mix_off_epoch": "--mixup-off-epoch", "seed": "--seed", "arch": "--arch", "resume": "--resume",
          "auto_augment": "--aa", "color_jitter": "--color-jitter", "interpolation": "--interpolation",
-         "re_order": "--re-order", "repeats": "--aug-repeats",
+         "re_order": "--re-order", "repeats": "--aug-repeats", "drop_path": "--drop-path", "opt": "--opt",
+         "model_ema": "--model-ema", "model_ema_steps": "--model-ema-steps",
          "manifold_alpha": "--manifold-mixup-alpha", "manifold_layers": "--manifold-layers", "data": "--data"}
 
 
@@ -223,6 +234,9 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     need(a.aug_repeats >= 1, "--aug-repeats", f"must be >= 1, got {a.aug_repeats}")
     need(a.model_ema is None or 0.0 < a.model_ema < 1.0, "--model-ema", f"must lie in (0, 1), got {a.model_ema}")
     need(a.model_ema_steps >= 1, "--model-ema-steps", f"must be >= 1, got {a.model_ema_steps}")
+    need(0.0 <= a.drop_path < 1.0, "--drop-path", f"must lie in [0, 1), got {a.drop_path}")
+    need(a.bce_target_thresh is None or (a.bce_loss and 0.0 <= a.bce_target_thresh < 1.0), "--bce-target-thresh",
+         f"needs --bce-loss and a value in [0, 1), got {a.bce_target_thresh}")
     need(a.dist_timeout > 0, "--dist-timeout", f"must be > 0 minutes, got {a.dist_timeout}")
     need(a.dist_report_wait >= 0, "--dist-report-wait", f"must be >= 0 seconds, got {a.dist_report_wait}")
     for flag, value in (("--max-steps-per-epoch", a.max_steps_per_epoch), ("--max-val-steps", a.max_val_steps)):
@@ -296,6 +310,9 @@ def _load_resume(p: argparse.ArgumentParser, a: argparse.Namespace) -> Any:
         p.error(f"--resume: {exc}")
     if resume.args.get("arch") not in (None, a.arch):
         p.error(f"--arch: the checkpoint was trained with --arch {resume.args['arch']}, not {a.arch}")
+    if resume.args.get("opt", "sgd") != a.opt:
+        p.error(f"--opt: the checkpoint was trained with --opt {resume.args.get('opt', 'sgd')}, not {a.opt} (its "
+                f"optimiser state cannot continue another optimiser)")
     if a.seed is None and resume.args.get("seed") is not None:
         a.seed = int(resume.args["seed"])
     if resume.start_epoch > a.epochs:
@@ -333,6 +350,7 @@ def _run_config(a: argparse.Namespace) -> Any:
         repeats=a.aug_repeats,
         re_order=a.re_order, auto_augment=a.aa, color_jitter=a.color_jitter, interpolation=a.interpolation,
         manifold_alpha=a.manifold_mixup_alpha, model_ema=a.model_ema, model_ema_steps=a.model_ema_steps,
+        opt=a.opt, bce_loss=a.bce_loss, bce_target_thresh=a.bce_target_thresh, drop_path=a.drop_path,
         manifold_layers=[s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None,
         manifold_input=not a.manifold_no_input, arch=a.arch, sync_bn=a.sync_bn, lr=a.lr, min_lr=a.min_lr,
         momentum=a.momentum, nesterov=not a.no_nesterov, weight_decay=a.weight_decay,

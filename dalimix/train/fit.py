@@ -109,7 +109,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
         train = train_one_epoch(model, train_loader, optimizer, ctx=ctx, epoch=epoch, epochs=cfg.epochs,
                                 scheduler=scheduler, scaler=scaler, amp_dtype=cfg.amp_dtype, manifold=manifold,
                                 max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
-                                print_freq=cfg.print_freq, recorder=cfg.recorder,
+                                print_freq=cfg.print_freq, recorder=cfg.recorder, criterion=cfg.criterion,
                                 after_step=(lambda: ema.step(net)) if ema is not None else None)
         dali_state = dali_checkpoint(train_loader)
         val = evaluate(net, val_loader, ctx=ctx, amp_dtype=cfg.amp_dtype, progress=cfg.progress,

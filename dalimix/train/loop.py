@@ -23,11 +23,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     amp_dtype: Optional[torch.dtype] = None, manifold: bool = False,
                     max_grad_norm: Optional[float] = None, progress: bool = True, print_freq: int = 10,
                     recorder: Optional[SeenRecorder] = None,
-                    after_step: Optional[Callable[[], None]] = None) -> dict[str, float]:
+                    after_step: Optional[Callable[[], None]] = None,
+                    criterion: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+                    ) -> dict[str, float]:
     """Train `model` for one pass over `loader`; return loss, images, time, images/s and lr, summed over ranks,
     and how long training waited for its input.
 
-    Targets may be int labels (cross-entropy) or float soft targets `[N, K]` (SoftTargetCrossEntropy). With
+    Targets may be int labels (cross-entropy) or float soft targets `[N, K]` (SoftTargetCrossEntropy), or go
+    to `criterion(logits, targets)` where one is given (e.g. `BinarySoftTargetCrossEntropy`). With
     `manifold`, `model` is (or DDP-wraps) a `ManifoldMixup` and is called as `model(x, targets)`, returning
     `(logits, mixed_targets)`. The scheduler is stepped after every optimizer step, then `after_step` called
     (the weights' moving average). `scaler` is a
@@ -67,7 +70,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             else:
                 out = model(images)
             logits = logits_of(out)
-        loss = soft_loss(logits, targets) if targets.is_floating_point() else F.cross_entropy(logits.float(), targets)
+        if criterion is not None:
+            loss = criterion(logits, targets)
+        else:
+            loss = soft_loss(logits, targets) if targets.is_floating_point() else F.cross_entropy(logits.float(),
+                                                                                                 targets)
         _backward(loss, model, optimizer, scaler, max_grad_norm)
         if scheduler is not None:
             scheduler.step()

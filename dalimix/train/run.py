@@ -82,6 +82,10 @@ class RunConfig:
     min_lr: float = 0.0
     momentum: float = 0.9
     nesterov: bool = True
+    opt: str = "sgd"                             # sgd | adamw (torch's) | lamb (timm's)
+    bce_loss: bool = False                       # per-class binary cross-entropy instead of (soft) cross-entropy
+    bce_target_thresh: Optional[float] = None    # ... on targets binarised at this threshold
+    drop_path: float = 0.0                       # stochastic depth (timm's drop_path_rate)
     weight_decay: float = 1e-4
     decay_norm_bias: bool = False
     warmup_epochs: float = 0.0
@@ -167,7 +171,7 @@ def setup_torch(cfg: RunConfig, ctx: DistContext) -> None:
 
 def make_network(cfg: RunConfig, ctx: DistContext) -> tuple[nn.Module, nn.Module]:
     """(bare network on the run's device, the model the step calls: with manifold mixup when asked)."""
-    net = build_model(cfg.arch, len(cfg.classes), width=cfg.width, crop=cfg.crop)
+    net = build_model(cfg.arch, len(cfg.classes), width=cfg.width, crop=cfg.crop, drop_path=cfg.drop_path)
     if cfg.sync_bn and ctx.distributed:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = net.to(ctx.device)
@@ -178,10 +182,33 @@ def make_network(cfg: RunConfig, ctx: DistContext) -> tuple[nn.Module, nn.Module
     return net, model
 
 
+OPTIMIZERS = ("sgd", "adamw", "lamb")
+
+
 def make_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (Nesterov unless turned off), no weight decay on 1-D parameters unless asked."""
-    return torch.optim.SGD(param_groups(net, cfg.weight_decay, cfg.decay_norm_bias), lr=cfg.lr,
-                           momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    """`cfg.opt`: SGD with momentum (Nesterov unless turned off), torch's AdamW, or timm's LAMB; no weight
+    decay on 1-D parameters unless asked."""
+    groups = param_groups(net, cfg.weight_decay, cfg.decay_norm_bias)
+    V.one_of("opt", cfg.opt, OPTIMIZERS)
+    if cfg.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.opt == "lamb":
+        try:
+            from timm.optim import Lamb
+        except ImportError:
+            raise V.ArgumentError("opt", "opt: lamb is timm's LAMB; pip install 'dalimix[timm]'") from None
+        return Lamb(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def make_criterion(cfg: RunConfig) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The training loss: None for the default (soft-target cross-entropy, or cross-entropy on int labels),
+    or per-class binary cross-entropy (ResNet Strikes Back) with `bce_target_thresh` binarising the targets."""
+    if not cfg.bce_loss:
+        return None
+    from dalimix.losses import BinarySoftTargetCrossEntropy
+
+    return BinarySoftTargetCrossEntropy(target_threshold=cfg.bce_target_thresh)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> Any:
@@ -279,6 +306,7 @@ def build_run(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] = No
         recorder=SeenRecorder() if cfg.dump_seen else None,
         recorder_path=os.path.join(cfg.dump_seen, f"rank{ctx.rank}_seen.json") if cfg.dump_seen else None,
         stop_epoch=cfg.stop_epoch, resumed_from=resume.path if resume is not None else None,
+        criterion=make_criterion(cfg),
         tune_command=cfg.tune_command)
     return Run(config=cfg, ctx=ctx, train_loader=train_loader, val_loader=val_loader, net=net, model=model,
                optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state, fit_config=fit_config, log=log,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -31,6 +31,7 @@ class FitConfig:
     resumed_from: Optional[str] = None    # the checkpoint file `state` came from (repairs best.pt from it)
     input_wait_threshold: float = INPUT_WAIT_THRESHOLD  # say so (once) when an epoch waits longer for input
     tune_command: Optional[str] = None    # what that line tells users to run (default: made from the loader)
+    criterion: Optional[Callable[[Any, Any], Any]] = None  # the training loss (None: soft-target / plain CE)
 
 
 @dataclass
