@@ -398,6 +398,27 @@ def test_optimisers_losses_and_timm_models_are_built_as_named():
     assert max(m.p for m in convnext.modules() if type(m).__name__ == "StochasticDepth") == pytest.approx(0.1)
 
 
+def test_train_and_val_resolutions_apart(data, script, capsys):
+    """--crop 32 --val-crop 40 --crop-pct 0.8: train crops of 32, val resized to floor(40 / 0.8) = 50 and
+    centre-cropped to 40 (ResNet Strikes Back A3's 160 / 224 on a small scale)."""
+    from dalimix.train.run import RunConfig, build_run
+    classes = sorted(p.name for p in (data / "train").iterdir())
+    cfg = RunConfig(train_data=str(data / "train"), val_data=str(data / "val"), classes=classes, epochs=1,
+                    batch_size=8, crop=32, val_crop=40, val_resize=50, device="cpu", threads=1, arch="resnet18",
+                    progress=False, seed=0)
+    run = build_run(cfg, DistContext(device=torch.device("cpu")), log=lambda *_: None)
+    assert next(iter(run.train_loader))[0].shape[-2:] == (32, 32)
+    assert next(iter(run.val_loader))[0].shape[-2:] == (40, 40)
+    assert "crop=40, resize=50" in run.val_loader.spec.settings
+    from dalimix.train import cli
+    a = cli.build_parser().parse_args(["--data", str(data), "--crop", "32", "--val-crop", "40", "--crop-pct", "0.8"])
+    cli._check_ranges(cli.build_parser(), a)
+    assert a.val_resize == 50 and a.val_crop == 40
+    with pytest.raises(SystemExit):
+        script.main(["--data", str(data), "--epochs", "1", *BASE, "--crop-pct", "0.9", "--val-resize", "40"])
+    assert "--crop-pct" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_timm_model_with_adamw_bce_and_drop_path_trains_and_resumes(data, tmp_path):
     pytest.importorskip("timm")

@@ -12,6 +12,7 @@ Several nodes:     scripts/train_multi_gpu.sh (NODES, GPUS_PER_NODE, NODE_RANK, 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -63,9 +64,15 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, metavar="DIR",
                    help="dataset root holding train/ and val/, each with one folder per class")
-    g.add_argument("--crop", type=int, default=224, help="train and val crop size in pixels (default 224)")
+    g.add_argument("--crop", "--train-crop", dest="crop", type=int, default=224,
+                   help="train crop size in pixels, and the val crop unless --val-crop (default 224)")
+    g.add_argument("--val-crop", type=int, default=None,
+                   help="val centre crop in pixels, when it differs from the train crop (ResNet Strikes Back A3: "
+                        "--crop 160 --val-crop 224)")
     g.add_argument("--val-resize", type=int, default=None,
-                   help="val: resize the shorter side to this before the centre crop (default crop/0.875)")
+                   help="val: resize the shorter side to this before the centre crop (default val crop / 0.875)")
+    g.add_argument("--crop-pct", type=float, default=None,
+                   help="timm's meaning instead of --val-resize: resize to floor(val crop / crop_pct)")
     g.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
                    help="where DALI decodes/augments and the model trains (default gpu)")
     g.add_argument("--threads", type=int, default=4, help="DALI CPU threads per rank (default 4)")
@@ -210,9 +217,13 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     need(a.batch_size >= 1, "--batch-size", f"must be >= 1, got {a.batch_size}")
     need(a.val_batch_size is None or a.val_batch_size >= 1, "--val-batch-size", f"must be >= 1, got {a.val_batch_size}")
     need(a.crop >= 8, "--crop", f"must be >= 8 pixels, got {a.crop}")
+    a.val_crop = a.crop if a.val_crop is None else a.val_crop
+    need(a.val_crop >= 8, "--val-crop", f"must be >= 8 pixels, got {a.val_crop}")
+    need(a.crop_pct is None or a.val_resize is None, "--crop-pct", "give --crop-pct or --val-resize, not both")
+    need(a.crop_pct is None or 0.0 < a.crop_pct <= 1.0, "--crop-pct", f"must lie in (0, 1], got {a.crop_pct}")
     if a.val_resize is None:
-        a.val_resize = int(round(a.crop / 0.875))
-    need(a.val_resize >= a.crop, "--val-resize", f"must be >= --crop ({a.crop}), got {a.val_resize}")
+        a.val_resize = int(math.floor(a.val_crop / a.crop_pct)) if a.crop_pct else int(round(a.val_crop / 0.875))
+    need(a.val_resize >= a.val_crop, "--val-resize", f"must be >= the val crop ({a.val_crop}), got {a.val_resize}")
     need(a.threads >= 1, "--threads", f"must be >= 1, got {a.threads}")
     need(a.prefetch >= 1, "--prefetch", f"must be >= 1, got {a.prefetch}")
     need(a.torch_threads is None or a.torch_threads >= 1, "--torch-threads", f"must be >= 1, got {a.torch_threads}")
@@ -341,7 +352,7 @@ def _run_config(a: argparse.Namespace) -> Any:
     num_classes = len(a.classes)
     return RunConfig(
         train_data=os.path.join(a.data, "train"), val_data=os.path.join(a.data, "val"), classes=a.classes,
-        epochs=a.epochs, batch_size=a.batch_size, val_batch_size=a.val_batch_size, crop=a.crop,
+        epochs=a.epochs, batch_size=a.batch_size, val_batch_size=a.val_batch_size, crop=a.crop, val_crop=a.val_crop,
         val_resize=a.val_resize, device=a.device, threads=a.threads, prefetch=a.prefetch,
         channels_last=a.channels_last, decoder_options=a.decoder_options or None,
         max_steps_per_epoch=a.max_steps_per_epoch, max_val_steps=a.max_val_steps, seed=a.seed,

@@ -45,8 +45,9 @@ class RunConfig:
     batch_size: int
     # data
     val_batch_size: Optional[int] = None
-    crop: int = 224
-    val_resize: Optional[int] = None            # default: crop / 0.875
+    crop: int = 224                              # the train crop (and the val crop unless val_crop)
+    val_crop: Optional[int] = None
+    val_resize: Optional[int] = None            # default: val crop / 0.875
     scale: tuple[float, float] = (0.08, 1.0)
     train_file_list: Optional[str] = None        # a subset of train_data (relative path, label per line)
     device: str = "gpu"
@@ -108,8 +109,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         V.one_of("schedule", self.schedule, SCHEDULES)
         V.one_of("device", self.device, ("gpu", "cpu"))
+        if self.val_crop is None:
+            self.val_crop = self.crop
         if self.val_resize is None:
-            self.val_resize = int(round(self.crop / 0.875))
+            self.val_resize = int(round(self.val_crop / 0.875))
 
 
 @dataclass
@@ -257,7 +260,7 @@ def make_loaders(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] =
         raise RuntimeError(f"class folders changed while listing {cfg.train_data}")
     if cfg.mix_off_epoch is not None and train.schedule is not None:
         train.set_mix(False, from_epoch=cfg.mix_off_epoch)  # the pipeline is not rebuilt
-    val = DaliLoader(val_factory(cfg.val_data, batch_size=cfg.val_batch_size or cfg.batch_size, crop=cfg.crop,
+    val = DaliLoader(val_factory(cfg.val_data, batch_size=cfg.val_batch_size or cfg.batch_size, crop=cfg.val_crop,
                                  resize=cfg.val_resize, device=cfg.device, num_threads=cfg.threads,
                                  shard_id=ctx.rank, num_shards=ctx.world_size, device_id=device_id,
                                  channels_last=cfg.channels_last, classes=list(cfg.classes),
