@@ -439,6 +439,78 @@ def test_a_timm_model_with_adamw_bce_and_drop_path_trains_and_resumes(data, tmp_
 
 
 @pytest.mark.slow
+def test_manifold_mixup_composes_with_ema_and_bce(data, tmp_path):
+    out = tmp_path / "manifold"
+    ok(run_script("--data", str(data), "--epochs", "1", *BASE, *MIXING, "--manifold-mixup-alpha", "1.0",
+                  "--model-ema", "0.9", "--bce-loss", "--bce-target-thresh", "0.2", "--max-steps-per-epoch", "3",
+                  "--max-val-steps", "1", "--output", str(out)))
+    row = metrics(out)[0]
+    assert row["manifold_mixup"] and math.isfinite(row["ema_top1"]) and math.isfinite(row["train_loss"])
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["ema"]["module"].keys() == ckpt["model"].keys()  # the average of the bare network's weights
+
+
+# The published recipes as the table states them (typed here, not read from dalimix).
+PUBLISHED = {
+    "deit": dict(aa="rand-m9-mstd0.5-inc1", mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, re_prob=0.25,
+                 re_mode="pixel", re_order="before_mix", interpolation="bicubic", aug_repeats=3, model_ema=0.99996,
+                 opt="adamw", weight_decay=0.05, epochs=300, warmup_epochs=5.0, drop_path=0.1, crop=224, val_crop=224,
+                 val_resize=256, bce_loss=False, lr=5e-4 * 1024 / 512),
+    "rsb-a2": dict(aa="rand-m7-mstd0.5-inc1", mixup_alpha=0.1, cutmix_alpha=1.0, interpolation="bicubic",
+                   aug_repeats=3, model_ema=None, opt="lamb", weight_decay=0.02, epochs=300, bce_loss=True,
+                   bce_target_thresh=0.2, drop_path=0.05, crop=224, val_crop=224, val_resize=235, lr=5e-3 * 1024 / 2048),
+    "rsb-a3": dict(aa="rand-m6-mstd0.5-inc1", mixup_alpha=0.1, cutmix_alpha=1.0, interpolation="bicubic",
+                   aug_repeats=1, opt="lamb", epochs=100, bce_loss=True, crop=160, val_crop=224, val_resize=235,
+                   lr=8e-3 * 1024 / 2048),
+    "convnext": dict(aa="rand-m9-mstd0.5-inc1", mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1,
+                     re_prob=0.25, re_mode="pixel", re_order="before_mix", model_ema=0.9999, opt="adamw",
+                     weight_decay=0.05, epochs=300, warmup_epochs=20.0, drop_path=0.1, crop=224, val_crop=224,
+                     interpolation="bicubic", lr=4e-3 * 1024 / 4096),
+    "torchvision-v2": dict(aa="ta_wide", mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1, re_prob=0.1,
+                           re_order="before_mix", aug_repeats=4, model_ema_steps=32, opt="sgd", weight_decay=2e-5,
+                           epochs=600, warmup_epochs=5.0, crop=176, val_crop=224, val_resize=232,
+                           interpolation="bilinear", lr=0.5 * 1024 / 1024,
+                           model_ema=1 - (1 - 0.99998) * 1024 * 32 / 600),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_a_recipes_settings_are_the_published_ones(name):
+    from dalimix.train import cli
+    argv = ["--data", "x", "--recipe", name, "--batch-size", "1024"]
+    a = cli.build_parser().parse_args(argv)
+    cli._apply_recipe(a, argv)
+    cli._check_ranges(cli.build_parser(), a)
+    for key, want in PUBLISHED[name].items():
+        got = getattr(a, key)
+        assert got == pytest.approx(want) if isinstance(want, float) else got == want, (key, got, want)
+    # a flag given on the command line wins over the recipe
+    argv = ["--data", "x", "--recipe", name, "--mixup-alpha", "0.3", "--lr", "0.01", "--epochs", "7"]
+    a = cli.build_parser().parse_args(argv)
+    lines = cli._apply_recipe(a, argv)
+    assert (a.mixup_alpha, a.lr, a.epochs) == (0.3, 0.01, 7)
+    assert any(line.startswith("mixup_alpha=0.3 (given") for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_each_recipe_runs_a_short_epoch_and_records_its_settings(name, data, tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / name
+    proc = ok(run_script("--data", str(data), "--recipe", name, "--arch", "timm/resnet18", "--device", "cpu",
+                         "--threads", "1", "--batch-size", "8", "--crop", "32", "--val-crop", "32", "--val-resize",
+                         "36", "--epochs", "1", "--warmup-epochs", "0", "--max-steps-per-epoch", "2",
+                         "--max-val-steps", "1", "--no-progress", "--output", str(out)))
+    assert f"--recipe {name}:" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["args"]["recipe"] == name and summary["args"]["recipe_settings"]
+    for key in ("aa", "mixup_alpha", "opt", "aug_repeats", "bce_loss"):
+        if key in PUBLISHED[name]:
+            assert summary["args"][key] == PUBLISHED[name][key], key
+    assert math.isfinite(metrics(out)[0]["train_loss"])
+
+
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_read_disjoint_shards(data, tmp_path):
     out, seen = tmp_path / "ddp", tmp_path / "seen"
     proc = ok(run_script("--data", str(data), "--epochs", "1", *BASE, "--manifold-mixup-alpha", "2.0",

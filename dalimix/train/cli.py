@@ -50,6 +50,12 @@ a file that needs more (code in its pickle) is refused unless --trust-checkpoint
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dalimix.train.recipes import RECIPES
+
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a published recipe's every setting (policy, mixing, erasing and its order, smoothing or BCE, "
+                        "repeats, EMA, optimiser, schedule, warmup, lr per global batch, resolutions, interpolation, "
+                        "model); each flag given on the command line overrides its setting")
     _data_flags(p)
     _model_flags(p)
     _mixing_flags(p)
@@ -417,15 +423,38 @@ def _train(parser: argparse.ArgumentParser, a: argparse.Namespace, resume: Any, 
     return 0
 
 
+def _given(argv: Optional[list[str]], dests: Any) -> set[str]:
+    """The dests the command line sets explicitly (a recipe fills in only the others)."""
+    unset = object()  # not a string: argparse would parse a string default as a value
+    probe = build_parser()
+    probe.set_defaults(**{dest: unset for dest in dests})
+    return {k for k, v in vars(probe.parse_args(argv)).items() if v is not unset}
+
+
+def _apply_recipe(a: argparse.Namespace, argv: Optional[list[str]]) -> list[str]:
+    """Fill in `--recipe`'s settings (those not given); the settings in words (empty without a recipe)."""
+    if not a.recipe:
+        return []
+    from dalimix.train.recipes import RECIPES, apply
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    lines = apply(RECIPES[a.recipe], a, _given(argv, list(vars(a))), world)
+    a.recipe_settings = lines
+    return lines
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    recipe_lines = _apply_recipe(a, argv)
     _check_args(parser, a)
     from dalimix.train.distributed import init_distributed
 
     resume = _load_resume(parser, a)
     ctx = init_distributed(a.device, a.dist_timeout)
     log = print if ctx.is_main else (lambda *_, **__: None)
+    if recipe_lines:
+        log(f"--recipe {a.recipe}: " + "; ".join(recipe_lines))
     try:
         return _train(parser, a, resume, ctx, log)
     except Exception as exc:

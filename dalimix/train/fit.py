@@ -75,6 +75,18 @@ def _write_epoch(out: str, checkpoint: Mapping[str, Any], improved: bool, state:
     write_json(os.path.join(out, "summary.json"), summary)
 
 
+def _evaluate_ema(ema: ModelEma, val_loader: Any, ctx: DistContext, cfg: FitConfig, epoch: int, state: TrainState,
+                  row: dict[str, Any]) -> bool:
+    """Evaluate the moving average into `row` (`ema_top1`, `ema_top5`, `ema_loss`); whether it is the best."""
+    val = evaluate(ema.module, val_loader, ctx=ctx, amp_dtype=cfg.amp_dtype, progress=cfg.progress,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs} val (EMA)", epoch=epoch)
+    row.update(ema_top1=val["val_top1"], ema_top5=val["val_top5"], ema_loss=val["val_loss"])
+    improved = math.isfinite(val["val_top1"]) and val["val_top1"] > state.best_ema_top1
+    if improved:
+        state.best_ema_top1, state.best_ema_epoch = val["val_top1"], epoch
+    return improved
+
+
 def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.optim.Optimizer, *,
         ctx: DistContext, cfg: FitConfig, scheduler: Any = None, scaler: Any = None,
         state: Optional[TrainState] = None, log: Callable[[str], None] = print,
@@ -115,14 +127,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, optimizer: torch.o
         val = evaluate(net, val_loader, ctx=ctx, amp_dtype=cfg.amp_dtype, progress=cfg.progress,
                        desc=f"epoch {epoch + 1}/{cfg.epochs} val", epoch=epoch, recorder=cfg.recorder)
         row = _row(epoch, train, val, time.perf_counter() - t0, manifold)
-        ema_improved = False
-        if ema is not None:
-            ema_val = evaluate(ema.module, val_loader, ctx=ctx, amp_dtype=cfg.amp_dtype, progress=cfg.progress,
-                               desc=f"epoch {epoch + 1}/{cfg.epochs} val (EMA)", epoch=epoch)
-            row.update(ema_top1=ema_val["val_top1"], ema_top5=ema_val["val_top5"], ema_loss=ema_val["val_loss"])
-            ema_improved = math.isfinite(ema_val["val_top1"]) and ema_val["val_top1"] > state.best_ema_top1
-            if ema_improved:
-                state.best_ema_top1, state.best_ema_epoch = ema_val["val_top1"], epoch
+        ema_improved = _evaluate_ema(ema, val_loader, ctx, cfg, epoch, state, row) if ema is not None else False
         state.history.append(row)
         improved = math.isfinite(val["val_top1"]) and val["val_top1"] > state.best_top1
         if improved:

@@ -44,7 +44,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     """
     model.train()
     device = ctx.device
-    soft_loss = SoftTargetCrossEntropy()
     total = len(loader) if hasattr(loader, "__len__") else None
     show = progress and ctx.is_main
     desc = f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else "") + " train"
@@ -70,11 +69,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             else:
                 out = model(images)
             logits = logits_of(out)
-        if criterion is not None:
-            loss = criterion(logits, targets)
-        else:
-            loss = soft_loss(logits, targets) if targets.is_floating_point() else F.cross_entropy(logits.float(),
-                                                                                                 targets)
+        loss = (criterion or _default_loss)(logits, targets)
         _backward(loss, model, optimizer, scaler, max_grad_norm)
         if scheduler is not None:
             scheduler.step()
@@ -96,6 +91,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     end = time.perf_counter()
     return _epoch_result(sums, clock, ctx, elapsed=end - t0, end=end, lr=lr, epoch=epoch,
                          amp=scaler is not None and scaler.is_enabled())
+
+
+_SOFT_LOSS = SoftTargetCrossEntropy()
+
+
+def _default_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Soft-target cross-entropy on float targets, cross-entropy on int labels."""
+    return _SOFT_LOSS(logits, targets) if targets.is_floating_point() else F.cross_entropy(logits.float(), targets)
 
 
 class _Sums:
