@@ -140,3 +140,22 @@ def test_bce_errors_name_the_argument(data):
         BinarySoftTargetCrossEntropy(reduction="batchmean")
     with pytest.raises(ValueError, match="target"):
         BinarySoftTargetCrossEntropy()(x, soft.T)
+
+
+def test_bce_equals_timms_binary_cross_entropy_on_mixed_targets():
+    """timm's own BinaryCrossEntropy (what ResNet Strikes Back trains with) on targets mixed by timm's Mixup,
+    thresholded and not."""
+    timm_loss = pytest.importorskip("timm.loss")
+    from timm.data import Mixup
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 8, 8)
+    labels = torch.randint(0, 10, (8,))
+    _, mixed = Mixup(mixup_alpha=0.1, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=10)(x, labels)
+    logits = torch.randn(8, 10)
+    for thr in (None, 0.2):
+        ours = BinarySoftTargetCrossEntropy(target_threshold=thr)(logits, mixed)
+        theirs = timm_loss.BinaryCrossEntropy(smoothing=0.0, target_threshold=thr)(logits, mixed)
+        torch.testing.assert_close(ours, theirs)
+    ours = BinarySoftTargetCrossEntropy(label_smoothing=0.1)(logits, labels)
+    theirs = timm_loss.BinaryCrossEntropy(smoothing=0.1)(logits, labels)
+    torch.testing.assert_close(ours, theirs)
