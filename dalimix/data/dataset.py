@@ -101,21 +101,48 @@ def _kind(head: bytes) -> str | None:
 
 
 def check_files(files: Sequence[str], *, workers: int = 8, progress: bool | None = None) -> list[str | None]:
-    """The problem with each file (None where it looks decodable), checked in parallel."""
+    """The problem with each file (None where it looks decodable): on the plugin's native threads where it
+    is built, else in `workers` Python threads, each taking a contiguous share (no task per file)."""
+    from dalimix.native.files import checker
+
+    native = checker()
+    if native is not None:
+        return native.check(list(files), max(1, workers))
     show = progress if progress is not None else len(files) >= 20000
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results: Iterable[str | None] = pool.map(sniff_problem, files, chunksize=256)
-        if show:
-            from tqdm import tqdm
-            results = tqdm(results, total=len(files), desc="checking files", unit="file")
-        return list(results)
+    k = max(1, min(workers, len(files)))
+    shares = [files[len(files) * i // k:len(files) * (i + 1) // k] for i in range(k)]
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=len(files), desc="checking files", unit="file")
+
+    def run(share: Sequence[str]) -> list[str | None]:
+        out = []
+        for j, f in enumerate(share):
+            out.append(sniff_problem(f))
+            if bar is not None and j % 1024 == 1023:
+                bar.update(1024)
+        return out
+    with ThreadPoolExecutor(max_workers=k) as pool:
+        results = [p for part in pool.map(run, shares) for p in part]
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def _cache_enabled() -> bool:
+    return os.environ.get("DALIMIX_CHECK_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _exclude_bad(files: list[str], labels: list[int], root: str, verify: bool) -> tuple[list[str], list[int],
                                                                                           list[tuple[str, str]]]:
     if not verify:
         return files, labels, []
-    problems = check_files(files)
+    if _cache_enabled():
+        from dalimix.data.check_cache import checked
+        problems = checked(root, files, check_files)
+    else:
+        problems = check_files(files)
     bad = [(f, p) for f, p in zip(files, problems) if p is not None]
     if not bad:
         return files, labels, []

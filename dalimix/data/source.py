@@ -27,13 +27,18 @@ import numpy as np
 from dalimix import validation as V
 
 
+# Files of a batch read at once. Local disks lose nothing by it; latency-bound storage (NFS, object stores
+# behind FUSE) gains about this factor; docs/BENCHMARKS.md section 8 has the measurements.
+READS_IN_FLIGHT = 12
+
+
 class FileSource:
     """Batches of (encoded file bytes, int32 label) for `fn.external_source(..., batch_info=True)`."""
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
                  start_epoch: int = 0, read_ahead: int = 2, max_batches: int | None = None,
-                 classes: Sequence[str] = (), repeats: int = 1):
+                 classes: Sequence[str] = (), repeats: int = 1, reads_in_flight: int = READS_IN_FLIGHT):
         if len(files) != len(labels):
             raise ValueError(f"files ({len(files)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
@@ -79,7 +84,9 @@ class FileSource:
             self.own_batches = min(self.own_batches, max_batches)
         self._orders: dict[int, np.ndarray] = {}
         self.read_ahead = int(read_ahead)
+        self.reads_in_flight = V.positive_int("reads_in_flight", reads_in_flight)
         self._pool: ThreadPoolExecutor | None = None
+        self._file_pool: ThreadPoolExecutor | None = None
         self._pending: dict[tuple[int, int], Future] = {}
         self._cut: set[int] = set()
 
@@ -149,7 +156,16 @@ class FileSource:
         return self.start_epoch + int(info.epoch_idx)
 
     def _read(self, epoch: int, iteration: int) -> list[np.ndarray]:
-        return [np.fromfile(self.files[i], dtype=np.uint8) for i in self.batch_indices(epoch, iteration)]
+        """The batch's file bytes, in order: `reads_in_flight` contiguous shares read at once (one task each)."""
+        idx = self.batch_indices(epoch, iteration)
+        k = min(self.reads_in_flight, len(idx))
+        if k <= 1:
+            return [np.fromfile(self.files[i], dtype=np.uint8) for i in idx]
+        if self._file_pool is None:
+            self._file_pool = ThreadPoolExecutor(max_workers=self.reads_in_flight, thread_name_prefix="dalimix-file")
+        shares = np.array_split(idx, k)
+        parts = self._file_pool.map(lambda share: [np.fromfile(self.files[i], dtype=np.uint8) for i in share], shares)
+        return [data for part in parts for data in part]
 
     def _next_key(self, epoch: int, iteration: int) -> tuple[int, int]:
         return (epoch, iteration + 1) if iteration + 1 < self.own_batches else (epoch + 1, 0)
@@ -178,5 +194,5 @@ class FileSource:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_pool"], state["_pending"], state["_cut"] = None, {}, set()
+        state["_pool"], state["_pending"], state["_cut"], state["_file_pool"] = None, {}, set(), None
         return state

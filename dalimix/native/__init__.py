@@ -42,6 +42,7 @@ def load() -> bool:
             built = build(with_cuda=False if cpu_only else None)
             plugin_manager.load_library(str(built.cpu))
             _state["cpu"] = True
+            _state["cpu_path"] = str(built.cpu)
             if built.gpu is not None:
                 try:
                     plugin_manager.load_library(str(built.gpu))
@@ -66,6 +67,11 @@ def load() -> bool:
                       f"operators instead: {FALLBACK_COST}. Install g++ (and nvcc for GPUs) to get them.",
                       RuntimeWarning, stacklevel=2)
     return _state["cpu"]
+
+
+def library_path() -> Optional[str]:
+    """The loaded CPU library's file (after `load()`), or None."""
+    return _state.get("cpu_path") if load() else None
 
 
 def _probe_gpu(device_id: int) -> str:

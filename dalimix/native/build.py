@@ -25,7 +25,7 @@ from typing import Optional
 
 SRC = Path(__file__).resolve().parent / "src"
 CPU_SOURCES = ("fused_args.cc", "fused_cpu.cc", "fused_gpu_emulator.cc", "mix_params.cc", "erase_params.cc",
-               "parse_label.cc", "policy_program.cc", "policy_apply_cpu.cc")
+               "parse_label.cc", "policy_program.cc", "policy_apply_cpu.cc", "file_check.cc")
 # Targets must equal NumPy's float32 arithmetic, programs Python's and policies Pillow's, bit for bit: no
 # fused multiply-add there.
 EXACT_SOURCES = ("mix_params.cc", "erase_params.cc", "policy_program.cc", "policy_apply_cpu.cc")

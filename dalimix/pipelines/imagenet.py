@@ -46,7 +46,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
                    max_batches_per_epoch: Optional[int] = None,
                    decoder_options: Optional[dict] = None, auto_augment: Optional[str] = None,
                    color_jitter: Any = None, interpolation: str = "bilinear",
-                   re_order: str = "after_mix", repeats: int = 1) -> PipelineSpec:
+                   re_order: str = "after_mix", repeats: int = 1,
+                   reads_in_flight: Optional[int] = None) -> PipelineSpec:
     """The ImageNet training pipeline, outputs `("images", "targets")`, as a `PipelineSpec`.
 
     Decode is fused with the random-resized crop (`scale`, `ratio`), then resample to `crop`
@@ -70,7 +71,8 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     `mix=MixConfig(...)` with `num_classes=None` (its default) takes the class count of the data.
     `repeats=R` is repeated augmentation (DeiT's RASampler, torchvision's `--ra-sampler`): each epoch keeps
     its length and holds about len/R distinct images, R times each, the copies on different ranks where
-    there are at least R (see `dalimix.data.source`); folder datasets only.
+    there are at least R (see `dalimix.data.source`); folder datasets only. `reads_in_flight` files of a
+    batch are read at once (default 12; 32 or more on latency-bound network storage).
     """
     batch_size, num_threads, num_shards = _sizes(batch_size, num_threads, num_shards, shard_id)
     crop = V.positive_int("crop", crop)
@@ -95,7 +97,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
                          allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
                          num_shards=num_shards, train=True, seed=order_seed, first_epoch=first_epoch,
-                         max_batches=max_batches_per_epoch, repeats=repeats)
+                         max_batches=max_batches_per_epoch, repeats=repeats, reads_in_flight=reads_in_flight)
     if mix is not None:
         try:
             mix = mix.with_classes(len(source.classes))
@@ -150,7 +152,7 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
                  std: Sequence[float] = IMAGENET_STD, antialias: bool = True, verify_files: bool = True,
                  classes: Optional[Sequence[str]] = None, prefetch_queue_depth: int | dict = 2,
                  allow_outside_root: bool = False, max_batches_per_epoch: Optional[int] = None,
-                 interpolation: str = "bilinear") -> PipelineSpec:
+                 interpolation: str = "bilinear", reads_in_flight: Optional[int] = None) -> PipelineSpec:
     """The ImageNet validation pipeline, outputs `("images", "targets")` with int labels, as a `PipelineSpec`.
 
     Resize the shorter side to `resize` (`interpolation` "bilinear" or "bicubic"), centre-crop `crop`,
@@ -169,7 +171,8 @@ def val_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 22
     prefetch = prefetch_depth(prefetch_queue_depth)
     source = make_source(data_dir, file_list=file_list, verify=verify_files, classes=classes,
                          allow_outside_root=allow_outside_root, batch_size=batch_size, shard_id=shard_id,
-                         num_shards=num_shards, train=False, seed=0, first_epoch=0, max_batches=max_batches_per_epoch)
+                         num_shards=num_shards, train=False, seed=0, first_epoch=0, max_batches=max_batches_per_epoch,
+                         reads_in_flight=reads_in_flight)
     layout = "HWC" if channels_last else "CHW"
     decode_device = "mixed" if device == "gpu" else "cpu"
 

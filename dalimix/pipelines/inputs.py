@@ -26,7 +26,7 @@ def _load(data_dir: str | os.PathLike, file_list: Optional[str], verify: bool,
 def make_source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify: bool,
             classes: Optional[Sequence[str]], allow_outside_root: bool, batch_size: int, shard_id: int,
             num_shards: int, train: bool, seed: int, first_epoch: int, max_batches: Optional[int],
-            repeats: int = 1) -> Any:
+            repeats: int = 1, reads_in_flight: Optional[int] = None) -> Any:
     """The file source of a pipeline: a `FileSource` over a folder tree or file list, or a `ShardSource`
     over tar shards (a brace pattern, a folder of .tar files or one .tar)."""
     if file_list is None and shards.is_shard_spec(data_dir):
@@ -44,7 +44,8 @@ def make_source(data_dir: str | os.PathLike, *, file_list: Optional[str], verify
     dataset = _load(data_dir, file_list, verify, classes, allow_outside_root)
     source = FileSource(dataset.files, dataset.labels, batch_size=batch_size, shard_id=shard_id,
                         num_shards=num_shards, shuffle=train, seed=seed, drop_last=train, start_epoch=first_epoch,
-                        max_batches=max_batches, classes=dataset.classes, repeats=repeats)
+                        max_batches=max_batches, classes=dataset.classes, repeats=repeats,
+                        **({"reads_in_flight": reads_in_flight} if reads_in_flight is not None else {}))
     return source
 
 

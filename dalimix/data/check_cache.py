@@ -1,0 +1,146 @@
+"""The up-front file check done once per dataset: its results cached by each file's path, size and
+modification time, so a restart only checks what changed.
+
+The cache sits beside the data (`<root>/.dalimix-checks.npz`) where that folder is writable, else in the
+user cache (`$DALIMIX_CACHE` or `~/.cache/dalimix/checks/`). Ranks that share it take a file lock around
+check-and-write, so one rank (per node, or in all with a shared cache folder) checks and the others wait and
+read its result. A cache that cannot be read, or was written for another root or format, is ignored with a
+warning and rewritten, never trusted.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+FORMAT = 1
+NAME = ".dalimix-checks.npz"
+
+
+def cache_path(root: str) -> Path:
+    """Where the results for `root` are kept: beside the data when writable, else the user cache."""
+    beside = Path(root) / NAME
+    if os.access(root, os.W_OK):
+        return beside
+    base = Path(os.environ.get("DALIMIX_CACHE") or Path.home() / ".cache" / "dalimix") / "checks"
+    return base / (hashlib.sha1(os.path.abspath(root).encode("utf-8", "surrogateescape")).hexdigest() + ".npz")
+
+
+def stat_files(files: Sequence[str], workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes, mtimes in ns) of `files`, -1 where stat fails: native threads where the plugin is built."""
+    from dalimix.native.files import checker
+
+    native = checker()
+    if native is not None:
+        sizes, mtimes, _ = native.stat(files, workers)
+        return sizes, mtimes
+
+    def one(chunk: Sequence[str]) -> list[tuple[int, int]]:
+        out = []
+        for f in chunk:
+            try:
+                st = os.stat(f)
+                out.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((-1, -1))
+        return out
+    pairs = [p for part in _in_chunks(files, workers, one) for p in part]
+    arr = np.array(pairs, np.int64).reshape(-1, 2)
+    return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+def _in_chunks(items: Sequence, workers: int, fn: Callable) -> list:
+    """`fn` over `workers` contiguous chunks of `items` on threads, results in order (one task per chunk)."""
+    k = max(1, min(workers, len(items)))
+    bounds = np.linspace(0, len(items), k + 1).astype(int)
+    chunks = [items[bounds[i]:bounds[i + 1]] for i in range(k)]
+    with ThreadPoolExecutor(max_workers=k) as pool:
+        return list(pool.map(fn, chunks))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load(path: Path, root: str) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in ("format", "root", "paths", "sizes", "mtimes", "bad", "problems")}
+        if int(data["format"]) != FORMAT or str(data["root"]) != os.path.abspath(root):
+            raise ValueError(f"written for {str(data['root'])!r}, format {int(data['format'])}")
+        if not len(data["sizes"]) == len(data["mtimes"]) == int((data["paths"] == 0).sum()):
+            raise ValueError("its arrays disagree in length")
+        return data
+    except Exception as exc:  # noqa: BLE001 - any unreadable cache is ignored, loudly
+        warnings.warn(f"dalimix: ignoring the file-check cache {path} ({type(exc).__name__}: {exc}); checking "
+                      f"the files again", stacklevel=4)
+        return None
+
+
+def _save(path: Path, root: str, blob: bytes, sizes: np.ndarray, mtimes: np.ndarray,
+          problems: Sequence[Optional[str]]) -> None:
+    bad = np.array([i for i, p in enumerate(problems) if p is not None], np.int64)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, format=np.int64(FORMAT), root=np.str_(os.path.abspath(root)),
+                     paths=np.frombuffer(blob, np.uint8), sizes=sizes, mtimes=mtimes, bad=bad,
+                     problems=np.array([problems[i] for i in bad], dtype=np.str_) if len(bad) else
+                     np.array([], dtype=np.str_))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"dalimix: could not write the file-check cache {path} ({exc}); the next start checks "
+                      f"again", stacklevel=4)
+
+
+def checked(root: str, files: Sequence[str], check: Callable[[Sequence[str]], list[Optional[str]]],
+            workers: int = 8) -> list[Optional[str]]:
+    """The problem with each of `files` (None where fine): from the cache where a file's path, size and
+    modification time are unchanged, from `check` for the rest, and the cache brought up to date."""
+    path = cache_path(root)
+    blob = ("\0".join(files) + "\0").encode("utf-8", "surrogateescape")
+    with _locked(path):
+        sizes, mtimes = stat_files(files, workers)
+        old = _load(path, root)
+        problems: list[Optional[str]] = [None] * len(files)
+        todo = np.arange(len(files))
+        if old is not None:
+            known, old_problem = _known(old, blob, files)
+            same = (known >= 0) & (sizes >= 0)
+            same[same] &= (old["sizes"][known[same]] == sizes[same]) & (old["mtimes"][known[same]] == mtimes[same])
+            for i in np.flatnonzero(same):
+                problems[i] = old_problem.get(int(known[i]))
+            todo = np.flatnonzero(~same)
+        if len(todo):
+            for i, p in zip(todo, check([files[i] for i in todo])):
+                problems[i] = p
+        if old is None or len(todo) or len(old["sizes"]) != len(files):
+            _save(path, root, blob, sizes, mtimes, problems)
+    return problems
+
+
+def _known(old: dict, blob: bytes, files: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
+    """For each file, its index in the cache (-1 where new), and the cached problems by cache index."""
+    problems = {int(i): str(p) for i, p in zip(old["bad"], old["problems"])}
+    if old["paths"].tobytes() == blob:
+        return np.arange(len(files)), problems
+    names = old["paths"].tobytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index.get(f, -1) for f in files], np.int64), problems
