@@ -181,3 +181,48 @@ def test_reads_in_flight_keep_batches_identical(tmp_path, shards):
     from dalimix.validation import ArgumentError
     with pytest.raises(ArgumentError, match="reads_in_flight"):
         FileSource(ds.files, ds.labels, batch_size=4, reads_in_flight=0)
+
+
+def test_auto_reads_in_flight_follow_the_storage(tmp_path, monkeypatch):
+    """By default a batch is read one file at a time while files read fast, and several at once when each
+    read is slow (simulated latency); the batches are the same either way."""
+    import time as _time
+
+    from dalimix.data import source as source_mod
+    from dalimix.data.source import FileSource
+    root = make_class_tree(tmp_path / "data", [12, 12])
+    ds = scan_folder(root, verify=False)
+    fast = FileSource(ds.files, ds.labels, batch_size=8, seed=2)
+    want = [[d.tobytes() for d in fast._read(0, it)] for it in range(3)]
+    assert fast._file_pool is None  # local files: no threads
+    real = np.fromfile
+
+    def slow(*args, **kw):
+        _time.sleep(0.002)
+        return real(*args, **kw)
+    monkeypatch.setattr(source_mod.np, "fromfile", slow)
+    slow_source = FileSource(ds.files, ds.labels, batch_size=8, seed=2)
+    got = [[d.tobytes() for d in slow_source._read(0, it)] for it in range(3)]
+    assert got == want and slow_source._file_pool is not None
+
+
+def test_a_restart_of_an_unchanged_tree_skips_the_walk_and_sees_every_change(tmp_path, monkeypatch):
+    root = make_class_tree(tmp_path / "data", [4, 4, 4])
+    walks = []
+    real = dataset._walk
+    monkeypatch.setattr(dataset, "_walk", lambda *a, **k: walks.append(1) or real(*a, **k))
+    first = scan_folder(root)
+    assert len(walks) == 1
+    again = scan_folder(root)
+    assert len(walks) == 1 and (again.files, again.labels, again.classes) == (first.files, first.labels,
+                                                                               first.classes)
+    (root / "class_01" / "deeper").mkdir()
+    (root / "class_01" / "deeper" / "x.jpg").write_bytes((root / "class_00" / "img_000.jpg").read_bytes())
+    third = scan_folder(root)
+    assert len(walks) == 2 and str(root / "class_01" / "deeper" / "x.jpg") in third.files
+    (root / "class_01" / "deeper" / "y.jpg").write_bytes((root / "class_00" / "img_000.jpg").read_bytes())
+    fourth = scan_folder(root)  # a change in a nested folder is seen too
+    assert len(walks) == 3 and str(root / "class_01" / "deeper" / "y.jpg") in fourth.files
+    scan_folder(root, classes=["class_02", "class_01", "class_00"])  # other labels: walked again
+    assert len(walks) == 4
+    assert scan_folder(root, verify=False).files == fourth.files

@@ -15,12 +15,13 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
 NAME = ".dalimix-checks.npz"
 
 
@@ -81,7 +82,8 @@ def _load(path: Path, root: str) -> Optional[dict]:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in ("format", "root", "paths", "sizes", "mtimes", "bad", "problems")}
+            data = {k: z[k] for k in ("format", "root", "paths", "sizes", "mtimes", "bad", "problems", "labels",
+                                      "classes", "dirs", "dir_mtimes")}
         if int(data["format"]) != FORMAT or str(data["root"]) != os.path.abspath(root):
             raise ValueError(f"written for {str(data['root'])!r}, format {int(data['format'])}")
         if not len(data["sizes"]) == len(data["mtimes"]) == int((data["paths"] == 0).sum()):
@@ -94,15 +96,18 @@ def _load(path: Path, root: str) -> Optional[dict]:
 
 
 def _save(path: Path, root: str, blob: bytes, sizes: np.ndarray, mtimes: np.ndarray,
-          problems: Sequence[Optional[str]]) -> None:
+          problems: Sequence[Optional[str]], listing: Optional["Listing"]) -> None:
     bad = np.array([i for i, p in enumerate(problems) if p is not None], np.int64)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    listing = listing or Listing([], [], [], [])
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, format=np.int64(FORMAT), root=np.str_(os.path.abspath(root)),
                      paths=np.frombuffer(blob, np.uint8), sizes=sizes, mtimes=mtimes, bad=bad,
                      problems=np.array([problems[i] for i in bad], dtype=np.str_) if len(bad) else
-                     np.array([], dtype=np.str_))
+                     np.array([], dtype=np.str_), labels=np.asarray(listing.labels, np.int32),
+                     classes=np.array(listing.classes, dtype=np.str_),
+                     dirs=np.array(listing.dirs, dtype=np.str_), dir_mtimes=np.asarray(listing.dir_mtimes, np.int64))
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -111,29 +116,85 @@ def _save(path: Path, root: str, blob: bytes, sizes: np.ndarray, mtimes: np.ndar
 
 
 def checked(root: str, files: Sequence[str], check: Callable[[Sequence[str]], list[Optional[str]]],
-            workers: int = 8) -> list[Optional[str]]:
+            workers: int = 8, listing: Optional["Listing"] = None) -> list[Optional[str]]:
     """The problem with each of `files` (None where fine): from the cache where a file's path, size and
-    modification time are unchanged, from `check` for the rest, and the cache brought up to date."""
+    modification time are unchanged, from `check` for the rest, and the cache brought up to date. Only a
+    start that must check takes the lock (then reads the cache again: another rank may have just checked);
+    `listing` (how `files` were found) is kept for `cached_listing`."""
     path = cache_path(root)
     blob = ("\0".join(files) + "\0").encode("utf-8", "surrogateescape")
+    sizes, mtimes = stat_files(files, workers)
+    problems, todo, old = _from_cache(_load(path, root), blob, files, sizes, mtimes)
+    if old is not None and not len(todo) and len(old["sizes"]) == len(files):
+        return problems
     with _locked(path):
-        sizes, mtimes = stat_files(files, workers)
-        old = _load(path, root)
-        problems: list[Optional[str]] = [None] * len(files)
-        todo = np.arange(len(files))
-        if old is not None:
-            known, old_problem = _known(old, blob, files)
-            same = (known >= 0) & (sizes >= 0)
-            same[same] &= (old["sizes"][known[same]] == sizes[same]) & (old["mtimes"][known[same]] == mtimes[same])
-            for i in np.flatnonzero(same):
-                problems[i] = old_problem.get(int(known[i]))
-            todo = np.flatnonzero(~same)
+        problems, todo, old = _from_cache(_load(path, root), blob, files, sizes, mtimes)
         if len(todo):
             for i, p in zip(todo, check([files[i] for i in todo])):
                 problems[i] = p
         if old is None or len(todo) or len(old["sizes"]) != len(files):
-            _save(path, root, blob, sizes, mtimes, problems)
+            _save(path, root, blob, sizes, mtimes, problems, listing)
     return problems
+
+
+def _from_cache(old: Optional[dict], blob: bytes, files: Sequence[str], sizes: np.ndarray,
+                mtimes: np.ndarray) -> tuple[list[Optional[str]], np.ndarray, Optional[dict]]:
+    """(problems known from the cache, indices still to check, the cache)."""
+    problems: list[Optional[str]] = [None] * len(files)
+    if old is None:
+        return problems, np.arange(len(files)), None
+    known, old_problem = _known(old, blob, files)
+    same = (known >= 0) & (sizes >= 0)
+    same[same] &= (old["sizes"][known[same]] == sizes[same]) & (old["mtimes"][known[same]] == mtimes[same])
+    for i in np.flatnonzero(same):
+        problems[i] = old_problem.get(int(known[i]))
+    return problems, np.flatnonzero(~same), old
+
+
+@dataclass
+class Listing:
+    """How a folder tree's files were found: the files and labels, the class names, and every directory
+    walked with its modification time then (-1 where it changed during the walk)."""
+
+    files: list[str]
+    labels: list[int]
+    classes: list[str]
+    dirs: list[str]
+    dir_mtimes: list[int] = field(default_factory=list)
+
+
+def dir_mtimes(dirs: Sequence[str], since_ns: int) -> list[int]:
+    """Each directory's modification time, -1 where it is newer than `since_ns` (changed while walked)."""
+    out = []
+    for d in dirs:
+        try:
+            m = os.stat(d).st_mtime_ns
+        except OSError:
+            m = -1
+        out.append(-1 if m >= since_ns else m)
+    return out
+
+
+def cached_listing(root: str, classes: Sequence[str]) -> Optional[Listing]:
+    """The files and labels of the last listing of `root`, when it listed the same classes and no directory
+    it walked has changed since (adding, removing or renaming a file changes its directory's time); None
+    when the tree must be walked again."""
+    path = cache_path(root)
+    if not path.is_file():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a bad cache is said once, by `checked`
+        old = _load(path, root)
+    if old is None or not len(old["dirs"]) or list(old["classes"]) != list(classes):
+        return None
+    dirs = [str(d) for d in old["dirs"]]
+    stored = old["dir_mtimes"]
+    if (stored < 0).any() or dir_mtimes(dirs, np.iinfo(np.int64).max) != stored.tolist():
+        return None
+    files = old["paths"].tobytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
+    if len(files) != len(old["labels"]):
+        return None
+    return Listing(files, old["labels"].tolist(), list(classes), dirs, stored.tolist())
 
 
 def _known(old: dict, blob: bytes, files: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:

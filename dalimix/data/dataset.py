@@ -134,13 +134,13 @@ def _cache_enabled() -> bool:
     return os.environ.get("DALIMIX_CHECK_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def _exclude_bad(files: list[str], labels: list[int], root: str, verify: bool) -> tuple[list[str], list[int],
-                                                                                          list[tuple[str, str]]]:
+def _exclude_bad(files: list[str], labels: list[int], root: str, verify: bool,
+                 listing: Any = None) -> tuple[list[str], list[int], list[tuple[str, str]]]:
     if not verify:
         return files, labels, []
     if _cache_enabled():
         from dalimix.data.check_cache import checked
-        problems = checked(root, files, check_files)
+        problems = checked(root, files, check_files, listing=listing)
     else:
         problems = check_files(files)
     bad = [(f, p) for f, p in zip(files, problems) if p is not None]
@@ -203,22 +203,43 @@ def scan_folder(data_dir: str | os.PathLike, *, verify: bool = True,
         found = names
     if not found:
         raise FileNotFoundError(f"data_dir {str(root)!r} has no class folders (expected one folder per class)")
+    caching = verify and _cache_enabled()
+    listing = None
+    if caching:
+        from dalimix.data.check_cache import cached_listing
+        listing = cached_listing(str(root), found)
+    if listing is None:
+        listing = _walk(root, found, record_dirs=caching)
+    files, labels = listing.files, listing.labels
+    if not files:
+        raise FileNotFoundError(f"data_dir {str(root)!r} has class folders but no image files "
+                                f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
+    files, labels, bad = _exclude_bad(files, labels, str(root), verify, listing=listing)
+    if not files:
+        raise ValueError(f"data_dir {str(root)!r}: every image file was excluded as bad")
+    return Dataset(files, labels, list(found), str(root), bad)
+
+
+def _walk(root: Path, classes: Sequence[str], record_dirs: bool) -> Any:
+    """The image files under each class folder (sorted, links followed) as a `check_cache.Listing`; with
+    `record_dirs`, every directory walked and its time, so that a restart can skip the walk."""
+    import time
+
+    from dalimix.data.check_cache import Listing, dir_mtimes
+    start = time.time_ns()
     files: list[str] = []
     labels: list[int] = []
-    for idx, name in enumerate(found):
+    dirs: list[str] = []
+    for idx, name in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
             dirnames.sort()
+            dirs.append(dirpath)
             for fname in sorted(filenames):
                 if fname.lower().endswith(IMAGE_EXTENSIONS) and not fname.startswith("."):
                     files.append(os.path.join(dirpath, fname))
                     labels.append(idx)
-    if not files:
-        raise FileNotFoundError(f"data_dir {str(root)!r} has class folders but no image files "
-                                f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
-    files, labels, bad = _exclude_bad(files, labels, str(root), verify)
-    if not files:
-        raise ValueError(f"data_dir {str(root)!r}: every image file was excluded as bad")
-    return Dataset(files, labels, list(found), str(root), bad)
+    return Listing(files, labels, list(classes), dirs if record_dirs else [],
+                   dir_mtimes(dirs, start) if record_dirs else [])
 
 
 def _inside(path: str, root: str) -> bool:

@@ -19,6 +19,7 @@ is a stateless function of (epoch, iteration), as DALI's `external_source` wants
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -27,9 +28,11 @@ import numpy as np
 from dalimix import validation as V
 
 
-# Files of a batch read at once. Local disks lose nothing by it; latency-bound storage (NFS, object stores
-# behind FUSE) gains about this factor; docs/BENCHMARKS.md section 8 has the measurements.
-READS_IN_FLIGHT = 12
+# Reads in flight by default ("auto", reads_in_flight=None): one at a time while a file takes less than
+# SLOW_READ_S to read (local disks and the page cache, where threads only add overhead), AUTO_IN_FLIGHT at once
+# when files take longer (network storage, object stores behind FUSE). docs/BENCHMARKS.md section 8.
+AUTO_IN_FLIGHT = 16
+SLOW_READ_S = 0.0005
 
 
 class FileSource:
@@ -38,7 +41,7 @@ class FileSource:
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
                  start_epoch: int = 0, read_ahead: int = 2, max_batches: int | None = None,
-                 classes: Sequence[str] = (), repeats: int = 1, reads_in_flight: int = READS_IN_FLIGHT):
+                 classes: Sequence[str] = (), repeats: int = 1, reads_in_flight: int | None = None):
         if len(files) != len(labels):
             raise ValueError(f"files ({len(files)}) and labels ({len(labels)}) differ in length")
         if batch_size < 1:
@@ -84,7 +87,9 @@ class FileSource:
             self.own_batches = min(self.own_batches, max_batches)
         self._orders: dict[int, np.ndarray] = {}
         self.read_ahead = int(read_ahead)
-        self.reads_in_flight = V.positive_int("reads_in_flight", reads_in_flight)
+        self.reads_in_flight = None if reads_in_flight is None else V.positive_int("reads_in_flight",
+                                                                                   reads_in_flight)
+        self._file_seconds = 0.0  # recent seconds per file read (auto reads in flight)
         self._pool: ThreadPoolExecutor | None = None
         self._file_pool: ThreadPoolExecutor | None = None
         self._pending: dict[tuple[int, int], Future] = {}
@@ -158,14 +163,23 @@ class FileSource:
     def _read(self, epoch: int, iteration: int) -> list[np.ndarray]:
         """The batch's file bytes, in order: `reads_in_flight` contiguous shares read at once (one task each)."""
         idx = self.batch_indices(epoch, iteration)
-        k = min(self.reads_in_flight, len(idx))
+        wanted = self.reads_in_flight or (AUTO_IN_FLIGHT if self._file_seconds > SLOW_READ_S else 1)
+        k = min(wanted, len(idx))
+        t = time.perf_counter()
         if k <= 1:
-            return [np.fromfile(self.files[i], dtype=np.uint8) for i in idx]
-        if self._file_pool is None:
-            self._file_pool = ThreadPoolExecutor(max_workers=self.reads_in_flight, thread_name_prefix="dalimix-file")
-        shares = np.array_split(idx, k)
-        parts = self._file_pool.map(lambda share: [np.fromfile(self.files[i], dtype=np.uint8) for i in share], shares)
-        return [data for part in parts for data in part]
+            out = [np.fromfile(self.files[i], dtype=np.uint8) for i in idx]
+        else:
+            if self._file_pool is None:
+                self._file_pool = ThreadPoolExecutor(max_workers=max(k, AUTO_IN_FLIGHT),
+                                                     thread_name_prefix="dalimix-file")
+            shares = np.array_split(idx, k)
+            parts = self._file_pool.map(lambda share: [np.fromfile(self.files[i], dtype=np.uint8) for i in share],
+                                        shares)
+            out = [data for part in parts for data in part]
+        if len(idx):
+            per_file = (time.perf_counter() - t) * k / len(idx)
+            self._file_seconds = per_file if not self._file_seconds else 0.7 * self._file_seconds + 0.3 * per_file
+        return out
 
     def _next_key(self, epoch: int, iteration: int) -> tuple[int, int]:
         return (epoch, iteration + 1) if iteration + 1 < self.own_batches else (epoch + 1, 0)

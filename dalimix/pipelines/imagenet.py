@@ -72,7 +72,7 @@ def train_pipeline(data_dir: str | os.PathLike, *, batch_size: int, crop: int = 
     `repeats=R` is repeated augmentation (DeiT's RASampler, torchvision's `--ra-sampler`): each epoch keeps
     its length and holds about len/R distinct images, R times each, the copies on different ranks where
     there are at least R (see `dalimix.data.source`); folder datasets only. `reads_in_flight` files of a
-    batch are read at once (default 12; 32 or more on latency-bound network storage).
+    batch are read at once (default: one while files read fast, 16 when each takes over 0.5 ms).
     """
     batch_size, num_threads, num_shards = _sizes(batch_size, num_threads, num_shards, shard_id)
     crop = V.positive_int("crop", crop)
