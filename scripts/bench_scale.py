@@ -23,11 +23,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
                    help="reads in flight to measure (0: the default, auto)")
     p.add_argument("--latency-ms", type=float, default=2.0, help="simulated per-file latency (network storage)")
     p.add_argument("--skip-startup", action="store_true", help="only the read ceilings")
+    p.add_argument("--skip-before", action="store_true", help="leave out the check as it was before (slow)")
     p.add_argument("--json", help="write the figures here")
     a = p.parse_args(argv)
     if a.files < 1000:
         p.error("--files must be >= 1000 (one per class folder)")
-    report = run(Path(a.root), a.files, tuple(a.ranks), tuple(a.in_flight), a.latency_ms, a.skip_startup)
+    report = run(Path(a.root), a.files, tuple(a.ranks), tuple(a.in_flight), a.latency_ms, a.skip_startup,
+                 not a.skip_before)
     text = json.dumps(report, indent=2)
     print(text)
     if a.json:

@@ -226,3 +226,20 @@ def test_a_restart_of_an_unchanged_tree_skips_the_walk_and_sees_every_change(tmp
     scan_folder(root, classes=["class_02", "class_01", "class_00"])  # other labels: walked again
     assert len(walks) == 4
     assert scan_folder(root, verify=False).files == fourth.files
+
+
+def test_peers_of_one_job_take_a_fresh_cache_and_a_later_scan_here_still_sees_changes(tmp_path, counted):
+    root = make_class_tree(tmp_path / "data", [6, 6])
+    code = "import sys; from dalimix.data.dataset import scan_folder; scan_folder(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(root)], check=True)  # a peer made the cache just now
+    first = scan_folder(root)
+    assert counted == []  # taken as is: this process started before the peer wrote it
+    inplace = root / "class_01" / "img_002.jpg"
+    inplace.write_bytes(b"\xff\xd8\xff\xe0 cut short")  # same folder: its time does not change
+    with pytest.warns(UserWarning, match="img_002.jpg: JPEG cut short"):
+        again = scan_folder(root)  # the cache is not this process's: validated, the change seen
+    assert counted == [str(inplace)] and len(again.files) == len(first.files) - 1
+    counted.clear()
+    inplace.write_bytes((root / "class_00" / "img_000.jpg").read_bytes())
+    third = scan_folder(root)  # confirmed by this process before: checked again, not taken as fresh
+    assert counted == [str(inplace)] and len(third.files) == len(first.files)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -118,23 +119,77 @@ def _save(path: Path, root: str, blob: bytes, sizes: np.ndarray, mtimes: np.ndar
 def checked(root: str, files: Sequence[str], check: Callable[[Sequence[str]], list[Optional[str]]],
             workers: int = 8, listing: Optional["Listing"] = None) -> list[Optional[str]]:
     """The problem with each of `files` (None where fine): from the cache where a file's path, size and
-    modification time are unchanged, from `check` for the rest, and the cache brought up to date. Only a
-    start that must check takes the lock (then reads the cache again: another rank may have just checked);
-    `listing` (how `files` were found) is kept for `cached_listing`."""
+    modification time are unchanged, from `check` for the rest, and the cache brought up to date (under
+    the lock). `listing` (how `files` were found) is kept for `cached_listing`."""
     path = cache_path(root)
+    with _locked(path):
+        return _checked(path, root, files, check, workers, listing)
+
+
+def _checked(path: Path, root: str, files: Sequence[str], check: Callable[[Sequence[str]], list[Optional[str]]],
+             workers: int, listing: Optional["Listing"]) -> list[Optional[str]]:
+    """`checked` with the lock held. An unchanged cache is touched: peers of this job then take it as is."""
     blob = ("\0".join(files) + "\0").encode("utf-8", "surrogateescape")
     sizes, mtimes = stat_files(files, workers)
     problems, todo, old = _from_cache(_load(path, root), blob, files, sizes, mtimes)
-    if old is not None and not len(todo) and len(old["sizes"]) == len(files):
-        return problems
-    with _locked(path):
-        problems, todo, old = _from_cache(_load(path, root), blob, files, sizes, mtimes)
-        if len(todo):
-            for i, p in zip(todo, check([files[i] for i in todo])):
-                problems[i] = p
-        if old is None or len(todo) or len(old["sizes"]) != len(files):
-            _save(path, root, blob, sizes, mtimes, problems, listing)
+    if len(todo):
+        for i, p in zip(todo, check([files[i] for i in todo])):
+            problems[i] = p
+    if old is None or len(todo) or len(old["sizes"]) != len(files) or \
+            (listing is not None and listing.dirs and not len(old["dirs"])):
+        _save(path, root, blob, sizes, mtimes, problems, listing)
+    else:
+        os.utime(path)
+    _USED_HERE.add(str(path))
     return problems
+
+
+# When this process began using the cache: a cache written or confirmed since was made by a rank of the
+# same job (it listed, stat'ed and checked the files seconds ago), and is taken without doing that again.
+_STARTED_NS = time.time_ns()
+_USED_HERE: set[str] = set()  # caches this process took, wrote or confirmed: a later scan here checks again
+
+
+def _fresh(path: Path, root: str, classes: Sequence[str]) -> Optional[tuple["Listing", list[Optional[str]]]]:
+    if str(path) in _USED_HERE:
+        return None
+    try:
+        if path.stat().st_mtime_ns < _STARTED_NS:
+            return None
+    except OSError:
+        return None
+    listing = cached_listing(root, classes)
+    if listing is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = _load(path, root)
+    if old is None:
+        return None
+    problems: list[Optional[str]] = [None] * len(listing.files)
+    for i, p in zip(old["bad"], old["problems"]):
+        problems[int(i)] = str(p)
+    _USED_HERE.add(str(path))
+    return listing, problems
+
+
+def scan_checked(root: str, classes: Sequence[str], walk: Callable[[], "Listing"],
+                 check: Callable[[Sequence[str]], list[Optional[str]]],
+                 workers: int = 8) -> tuple["Listing", list[Optional[str]]]:
+    """A folder tree's listing and each file's problem, once per job: a cache that a peer of this job made
+    or confirmed is taken as is (no lock, no walk, no stat); otherwise the lock is taken, the cache asked
+    again (a peer may have just finished), and the holder lists (from the cache where no directory changed,
+    else `walk()`), stats and checks what changed, and writes or confirms the cache."""
+    path = cache_path(root)
+    got = _fresh(path, root, classes)
+    if got is not None:
+        return got
+    with _locked(path):
+        got = _fresh(path, root, classes)
+        if got is not None:
+            return got
+        listing = cached_listing(root, classes) or walk()
+        return listing, _checked(path, root, listing.files, check, workers, listing)
 
 
 def _from_cache(old: Optional[dict], blob: bytes, files: Sequence[str], sizes: np.ndarray,
@@ -146,8 +201,12 @@ def _from_cache(old: Optional[dict], blob: bytes, files: Sequence[str], sizes: n
     known, old_problem = _known(old, blob, files)
     same = (known >= 0) & (sizes >= 0)
     same[same] &= (old["sizes"][known[same]] == sizes[same]) & (old["mtimes"][known[same]] == mtimes[same])
-    for i in np.flatnonzero(same):
-        problems[i] = old_problem.get(int(known[i]))
+    where = np.full(len(old["sizes"]), -1, np.int64)  # cache index -> file index
+    where[known[known >= 0]] = np.flatnonzero(known >= 0)
+    for j, problem in old_problem.items():
+        i = where[j] if 0 <= j < len(where) else -1
+        if i >= 0 and same[i]:
+            problems[i] = problem
     return problems, np.flatnonzero(~same), old
 
 

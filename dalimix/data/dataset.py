@@ -135,13 +135,15 @@ def _cache_enabled() -> bool:
 
 
 def _exclude_bad(files: list[str], labels: list[int], root: str, verify: bool,
-                 listing: Any = None) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+                 problems: Any = None) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+    """`files` and `labels` without the bad files, and those with their problem (warned about once).
+    `problems` where known already (the folder scan), else checked here (through the cache)."""
     if not verify:
         return files, labels, []
-    if _cache_enabled():
+    if problems is None and _cache_enabled():
         from dalimix.data.check_cache import checked
-        problems = checked(root, files, check_files, listing=listing)
-    else:
+        problems = checked(root, files, check_files)
+    elif problems is None:
         problems = check_files(files)
     bad = [(f, p) for f, p in zip(files, problems) if p is not None]
     if not bad:
@@ -203,18 +205,18 @@ def scan_folder(data_dir: str | os.PathLike, *, verify: bool = True,
         found = names
     if not found:
         raise FileNotFoundError(f"data_dir {str(root)!r} has no class folders (expected one folder per class)")
-    caching = verify and _cache_enabled()
-    listing = None
-    if caching:
-        from dalimix.data.check_cache import cached_listing
-        listing = cached_listing(str(root), found)
-    if listing is None:
-        listing = _walk(root, found, record_dirs=caching)
+    problems = None
+    if verify and _cache_enabled():
+        from dalimix.data.check_cache import scan_checked
+        listing, problems = scan_checked(str(root), found, lambda: _walk(root, found, record_dirs=True),
+                                         lambda fs: check_files(fs))
+    else:
+        listing = _walk(root, found, record_dirs=False)
     files, labels = listing.files, listing.labels
     if not files:
         raise FileNotFoundError(f"data_dir {str(root)!r} has class folders but no image files "
                                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
-    files, labels, bad = _exclude_bad(files, labels, str(root), verify, listing=listing)
+    files, labels, bad = _exclude_bad(files, labels, str(root), verify, problems=problems)
     if not files:
         raise ValueError(f"data_dir {str(root)!r}: every image file was excluded as bad")
     return Dataset(files, labels, list(found), str(root), bad)

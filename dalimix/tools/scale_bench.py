@@ -98,7 +98,7 @@ def _drop_cache(root: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def startup(root: Path, ranks: tuple[int, ...]) -> dict[str, Any]:
+def startup(root: Path, ranks: tuple[int, ...], before: bool = True) -> dict[str, Any]:
     """Listing + check on a first start (no cache) and a second start, per rank count; the references."""
     out: dict[str, Any] = {}
     for r in ranks:
@@ -109,7 +109,8 @@ def startup(root: Path, ranks: tuple[int, ...]) -> dict[str, Any]:
     out["train_pipeline_first_start"] = _ranks("train_pipeline", root, 1)
     out["train_pipeline_second_start"] = _ranks("train_pipeline", root, 1)
     out["scan_no_verify"] = _ranks("scan_noverify", root, 1)
-    out["check_before_this_change_1_rank"] = _ranks("old_check", root, 1)
+    if before:
+        out["check_before_this_change_1_rank"] = _ranks("old_check", root, 1)
     out["torchvision_imagefolder"] = _ranks("imagefolder", root, 1)
     out["dali_file_reader_build"] = _ranks("dali_reader", root, 1)
     return out
@@ -143,12 +144,12 @@ def read_ceiling(root: Path, in_flight: tuple[int, ...], latency_s: float, batch
 
 
 def run(root: Path, n: int, ranks: tuple[int, ...], in_flight: tuple[int, ...], latency_ms: float,
-        skip_startup: bool = False) -> dict[str, Any]:
+        skip_startup: bool = False, before: bool = True) -> dict[str, Any]:
     t = time.perf_counter()
     make_tree(root, n)
     report: dict[str, Any] = {"files": n, "tree_build_s": round(time.perf_counter() - t, 1)}
     if not skip_startup:
-        report["startup"] = startup(root, ranks)
+        report["startup"] = startup(root, ranks, before)
     report["read_files_per_s_local"] = read_ceiling(root, in_flight, 0.0)
     report[f"read_files_per_s_{latency_ms:g}ms_latency"] = read_ceiling(root, in_flight, latency_ms / 1000, 12)
     return report
