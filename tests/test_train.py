@@ -402,7 +402,7 @@ def test_train_and_val_resolutions_apart(data, script, capsys):
     """--crop 32 --val-crop 40 --crop-pct 0.8: train crops of 32, val resized to floor(40 / 0.8) = 50 and
     centre-cropped to 40 (ResNet Strikes Back A3's 160 / 224 on a small scale)."""
     from dalimix.train.run import RunConfig, build_run
-    classes = sorted(p.name for p in (data / "train").iterdir())
+    classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
     cfg = RunConfig(train_data=str(data / "train"), val_data=str(data / "val"), classes=classes, epochs=1,
                     batch_size=8, crop=32, val_crop=40, val_resize=50, device="cpu", threads=1, arch="resnet18",
                     progress=False, seed=0)
