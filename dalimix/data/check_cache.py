@@ -14,13 +14,14 @@ import hashlib
 import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
+
+from dalimix.data.dataset import in_shares
 
 FORMAT = 2
 NAME = ".dalimix-checks.npz"
@@ -35,36 +36,28 @@ def cache_path(root: str) -> Path:
     return base / (hashlib.sha1(os.path.abspath(root).encode("utf-8", "surrogateescape")).hexdigest() + ".npz")
 
 
-def stat_files(files: Sequence[str], workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sizes, mtimes in ns) of `files`, -1 where stat fails: native threads where the plugin is built."""
+def stat_files(files: Sequence[str], workers: int,
+               packed: Optional[tuple[bytes, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes, mtimes in ns) of `files`, -1 where stat fails: native threads where the plugin is built
+    (`packed`: the names as `pack_paths` gives them, where the caller has them), else Python threads."""
     from dalimix.native.files import checker
 
     native = checker()
     if native is not None:
-        sizes, mtimes, _ = native.stat(files, workers)
+        sizes, mtimes, _ = native.stat(files, workers, packed)
         return sizes, mtimes
 
-    def one(chunk: Sequence[str]) -> list[tuple[int, int]]:
+    def one(share: Sequence[str]) -> list[tuple[int, int]]:
         out = []
-        for f in chunk:
+        for f in share:
             try:
                 st = os.stat(f)
                 out.append((st.st_size, st.st_mtime_ns))
             except OSError:
                 out.append((-1, -1))
         return out
-    pairs = [p for part in _in_chunks(files, workers, one) for p in part]
-    arr = np.array(pairs, np.int64).reshape(-1, 2)
+    arr = np.array(in_shares(files, workers, one), np.int64).reshape(-1, 2)
     return arr[:, 0].copy(), arr[:, 1].copy()
-
-
-def _in_chunks(items: Sequence, workers: int, fn: Callable) -> list:
-    """`fn` over `workers` contiguous chunks of `items` on threads, results in order (one task per chunk)."""
-    k = max(1, min(workers, len(items)))
-    bounds = np.linspace(0, len(items), k + 1).astype(int)
-    chunks = [items[bounds[i]:bounds[i + 1]] for i in range(k)]
-    with ThreadPoolExecutor(max_workers=k) as pool:
-        return list(pool.map(fn, chunks))
 
 
 @contextmanager
@@ -120,24 +113,28 @@ def checked(root: str, files: Sequence[str], check: Callable[[Sequence[str]], li
             workers: int = 8, listing: Optional["Listing"] = None) -> list[Optional[str]]:
     """The problem with each of `files` (None where fine): from the cache where a file's path, size and
     modification time are unchanged, from `check` for the rest, and the cache brought up to date (under
-    the lock). `listing` (how `files` were found) is kept for `cached_listing`."""
+    the lock). `listing` (how `files` were found) is kept, so that a restart can skip the walk."""
     path = cache_path(root)
     with _locked(path):
-        return _checked(path, root, files, check, workers, listing)
+        return _checked(path, root, _load(path, root), files, check, workers, listing)
 
 
-def _checked(path: Path, root: str, files: Sequence[str], check: Callable[[Sequence[str]], list[Optional[str]]],
-             workers: int, listing: Optional["Listing"]) -> list[Optional[str]]:
-    """`checked` with the lock held. An unchanged cache is touched: peers of this job then take it as is."""
-    blob = ("\0".join(files) + "\0").encode("utf-8", "surrogateescape")
-    sizes, mtimes = stat_files(files, workers)
-    problems, todo, old = _from_cache(_load(path, root), blob, files, sizes, mtimes)
+def _checked(path: Path, root: str, old: Optional[dict], files: Sequence[str],
+             check: Callable[[Sequence[str]], list[Optional[str]]], workers: int,
+             listing: Optional["Listing"]) -> list[Optional[str]]:
+    """`checked` with the lock held and the cache (`old`) read. An unchanged cache is touched: peers of this
+    job then take it as is."""
+    from dalimix.native.files import pack_paths
+
+    packed = pack_paths(files)
+    sizes, mtimes = stat_files(files, workers, packed)
+    problems, todo = _from_cache(old, packed[0], files, sizes, mtimes)
     if len(todo):
         for i, p in zip(todo, check([files[i] for i in todo])):
             problems[i] = p
     if old is None or len(todo) or len(old["sizes"]) != len(files) or \
             (listing is not None and listing.dirs and not len(old["dirs"])):
-        _save(path, root, blob, sizes, mtimes, problems, listing)
+        _save(path, root, packed[0], sizes, mtimes, problems, listing)
     else:
         os.utime(path)
     _USED_HERE.add(str(path))
@@ -158,17 +155,13 @@ def _fresh(path: Path, root: str, classes: Sequence[str]) -> Optional[tuple["Lis
             return None
     except OSError:
         return None
-    listing = cached_listing(root, classes)
+    old = _load_quietly(path, root)
+    listing = _listing_from(old, classes)
     if listing is None:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        old = _load(path, root)
-    if old is None:
-        return None
     problems: list[Optional[str]] = [None] * len(listing.files)
-    for i, p in zip(old["bad"], old["problems"]):
-        problems[int(i)] = str(p)
+    for i, p in _cached_problems(old).items():
+        problems[i] = p
     _USED_HERE.add(str(path))
     return listing, problems
 
@@ -188,26 +181,27 @@ def scan_checked(root: str, classes: Sequence[str], walk: Callable[[], "Listing"
         got = _fresh(path, root, classes)
         if got is not None:
             return got
-        listing = cached_listing(root, classes) or walk()
-        return listing, _checked(path, root, listing.files, check, workers, listing)
+        old = _load(path, root)
+        listing = _listing_from(old, classes) or walk()
+        return listing, _checked(path, root, old, listing.files, check, workers, listing)
 
 
 def _from_cache(old: Optional[dict], blob: bytes, files: Sequence[str], sizes: np.ndarray,
-                mtimes: np.ndarray) -> tuple[list[Optional[str]], np.ndarray, Optional[dict]]:
-    """(problems known from the cache, indices still to check, the cache)."""
+                mtimes: np.ndarray) -> tuple[list[Optional[str]], np.ndarray]:
+    """(problems known from the cache, indices still to check)."""
     problems: list[Optional[str]] = [None] * len(files)
     if old is None:
-        return problems, np.arange(len(files)), None
-    known, old_problem = _known(old, blob, files)
+        return problems, np.arange(len(files))
+    known = _known(old, blob, files)
     same = (known >= 0) & (sizes >= 0)
     same[same] &= (old["sizes"][known[same]] == sizes[same]) & (old["mtimes"][known[same]] == mtimes[same])
     where = np.full(len(old["sizes"]), -1, np.int64)  # cache index -> file index
     where[known[known >= 0]] = np.flatnonzero(known >= 0)
-    for j, problem in old_problem.items():
+    for j, problem in _cached_problems(old).items():
         i = where[j] if 0 <= j < len(where) else -1
         if i >= 0 and same[i]:
             problems[i] = problem
-    return problems, np.flatnonzero(~same), old
+    return problems, np.flatnonzero(~same)
 
 
 @dataclass
@@ -234,16 +228,17 @@ def dir_mtimes(dirs: Sequence[str], since_ns: int) -> list[int]:
     return out
 
 
-def cached_listing(root: str, classes: Sequence[str]) -> Optional[Listing]:
-    """The files and labels of the last listing of `root`, when it listed the same classes and no directory
-    it walked has changed since (adding, removing or renaming a file changes its directory's time); None
-    when the tree must be walked again."""
-    path = cache_path(root)
-    if not path.is_file():
-        return None
+def _load_quietly(path: Path, root: str) -> Optional[dict]:
+    """`_load` without its warning (a bad cache is said once, by the holder of the lock)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a bad cache is said once, by `checked`
-        old = _load(path, root)
+        warnings.simplefilter("ignore")
+        return _load(path, root)
+
+
+def _listing_from(old: Optional[dict], classes: Sequence[str]) -> Optional[Listing]:
+    """The files and labels of the cached listing, when it listed the same classes and no directory it
+    walked has changed since (adding, removing or renaming a file changes its directory's time); None when
+    the tree must be walked again."""
     if old is None or not len(old["dirs"]) or list(old["classes"]) != list(classes):
         return None
     dirs = [str(d) for d in old["dirs"]]
@@ -256,11 +251,15 @@ def cached_listing(root: str, classes: Sequence[str]) -> Optional[Listing]:
     return Listing(files, old["labels"].tolist(), list(classes), dirs, stored.tolist())
 
 
-def _known(old: dict, blob: bytes, files: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
-    """For each file, its index in the cache (-1 where new), and the cached problems by cache index."""
-    problems = {int(i): str(p) for i, p in zip(old["bad"], old["problems"])}
+def _cached_problems(old: dict) -> dict[int, str]:
+    """The cached problems by cache index."""
+    return {int(i): str(p) for i, p in zip(old["bad"], old["problems"])}
+
+
+def _known(old: dict, blob: bytes, files: Sequence[str]) -> np.ndarray:
+    """For each file, its index in the cache (-1 where new)."""
     if old["paths"].tobytes() == blob:
-        return np.arange(len(files)), problems
+        return np.arange(len(files))
     names = old["paths"].tobytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
     index = {name: i for i, name in enumerate(names)}
-    return np.array([index.get(f, -1) for f in files], np.int64), problems
+    return np.array([index.get(f, -1) for f in files], np.int64)

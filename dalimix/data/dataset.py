@@ -109,8 +109,6 @@ def check_files(files: Sequence[str], *, workers: int = 8, progress: bool | None
     if native is not None:
         return native.check(list(files), max(1, workers))
     show = progress if progress is not None else len(files) >= 20000
-    k = max(1, min(workers, len(files)))
-    shares = [files[len(files) * i // k:len(files) * (i + 1) // k] for i in range(k)]
     bar = None
     if show:
         from tqdm import tqdm
@@ -122,12 +120,22 @@ def check_files(files: Sequence[str], *, workers: int = 8, progress: bool | None
             out.append(sniff_problem(f))
             if bar is not None and j % 1024 == 1023:
                 bar.update(1024)
+        if bar is not None:
+            bar.update(len(share) % 1024)
         return out
-    with ThreadPoolExecutor(max_workers=k) as pool:
-        results = [p for part in pool.map(run, shares) for p in part]
+    results = in_shares(files, workers, run)
     if bar is not None:
         bar.close()
     return results
+
+
+def in_shares(items: Sequence, workers: int, fn: Any) -> list:
+    """`fn` over `workers` contiguous shares of `items` on threads (one task per share, not per item), the
+    results joined in order: where each item's work mostly waits on I/O, which releases the GIL."""
+    k = max(1, min(workers, len(items)))
+    shares = [items[len(items) * i // k:len(items) * (i + 1) // k] for i in range(k)]
+    with ThreadPoolExecutor(max_workers=k) as pool:
+        return [r for part in pool.map(fn, shares) for r in part]
 
 
 def _cache_enabled() -> bool:

@@ -25,20 +25,14 @@ class FileChecker:
         self._check = lib.dalimix_check_files
         self._check.argtypes = [ctypes.c_char_p, i64p, ctypes.c_int64, ctypes.c_int, i32p, i32p]
 
-    @staticmethod
-    def _pack(paths: Sequence[str]) -> tuple[bytes, np.ndarray]:
-        blob = ("\0".join(paths) + "\0").encode("utf-8", "surrogateescape")
-        ends = np.flatnonzero(np.frombuffer(blob, np.uint8) == 0)
-        if len(ends) != len(paths):
-            raise ValueError("a file name holds a NUL character")
-        return blob, np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
-
-    def stat(self, paths: Sequence[str], threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sizes, mtimes in ns, errnos) of `paths`; -1 and the errno where stat fails."""
+    def stat(self, paths: Sequence[str], threads: int,
+             packed: Optional[tuple[bytes, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sizes, mtimes in ns, errnos) of `paths` (`packed`: `pack_paths(paths)` where the caller has it);
+        -1 and the errno where stat fails."""
         n = len(paths)
         sizes, mtimes, errs = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int32)
         if n:
-            blob, offsets = self._pack(paths)
+            blob, offsets = packed or pack_paths(paths)
             self._stat(blob, _ptr(offsets, ctypes.c_int64), n, threads, _ptr(sizes, ctypes.c_int64),
                        _ptr(mtimes, ctypes.c_int64), _ptr(errs, ctypes.c_int32))
         return sizes, mtimes, errs
@@ -48,7 +42,7 @@ class FileChecker:
         n = len(paths)
         verdicts, errs = np.zeros(n, np.int32), np.zeros(n, np.int32)
         if n:
-            blob, offsets = self._pack(paths)
+            blob, offsets = pack_paths(paths)
             self._check(blob, _ptr(offsets, ctypes.c_int64), n, threads, _ptr(verdicts, ctypes.c_int32),
                         _ptr(errs, ctypes.c_int32))
         out: list[Optional[str]] = [None] * n
@@ -56,6 +50,16 @@ class FileChecker:
             v = int(verdicts[i])
             out[i] = f"unreadable ({os.strerror(int(errs[i]))})" if v == UNREADABLE else MESSAGES[v]
         return out
+
+
+def pack_paths(paths: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """`paths` as the native calls take them: one buffer of NUL-terminated UTF-8 names (undecodable bytes
+    kept, as `os.fsencode` keeps them) and the offset of each name."""
+    blob = ("\0".join(paths) + "\0").encode("utf-8", "surrogateescape")
+    ends = np.flatnonzero(np.frombuffer(blob, np.uint8) == 0)
+    if len(ends) != len(paths):
+        raise ValueError("a file name holds a NUL character")
+    return blob, np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
 
 
 def _ptr(a: np.ndarray, kind: type) -> object:
