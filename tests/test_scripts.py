@@ -137,3 +137,20 @@ def test_console_commands_are_installed(command, tmp_path):
     assert exe.exists(), f"{command} is not installed beside {sys.executable} (pip install -e .)"
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and f"usage: {command}" in proc.stdout
+
+
+def test_the_torchvision_reference_reads_policy_names_as_dalimix_does():
+    """`--aa ra-m7-n3` is torchvision's RandAugment(num_ops=3, magnitude=7) on the reference side too, and
+    pixel erasing is torchvision's per-pixel noise."""
+    import torchvision.transforms as T
+    from dalimix.tools.profiler import reference_transform
+    a = argparse.Namespace(aa="ra-m7-n3", color_jitter=None, interpolation="bilinear", re_prob=0.25,
+                           re_mode="pixel", re_order="before_mix", crop=32)
+    steps = reference_transform(a).transforms
+    rand = next(t for t in steps if isinstance(t, T.RandAugment))
+    erase = next(t for t in steps if isinstance(t, T.RandomErasing))
+    assert (rand.num_ops, rand.magnitude) == (3, 7) and erase.value == "random" and erase.p == 0.25
+    a.aa, a.re_mode = "ta_wide", "const"
+    steps = reference_transform(a).transforms
+    assert any(isinstance(t, T.TrivialAugmentWide) for t in steps)
+    assert next(t for t in steps if isinstance(t, T.RandomErasing)).value == 0

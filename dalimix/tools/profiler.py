@@ -128,15 +128,18 @@ def reference_transform(a: argparse.Namespace) -> Any:
                              color_jitter=rec.get("color_jitter") or 0.0, re_prob=a.re_prob, re_mode=a.re_mode,
                              re_count=1))
     import torchvision.transforms as T
+
+    from dalimix.ops.policy import parse_policy
     mode = T.InterpolationMode.BICUBIC if interp == "bicubic" else T.InterpolationMode.BILINEAR
-    name, _, rest = policy.partition("-m")
-    aug = {"ra": lambda: T.RandAugment(magnitude=int(rest or 9), interpolation=mode),
-           "ta_wide": lambda: T.TrivialAugmentWide(interpolation=mode),
-           "imagenet": lambda: T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=mode)}[name]()
+    spec = parse_policy(policy)  # the same reading of the name as dalimix's own contenders
+    aug = {"tv_ra": lambda: T.RandAugment(num_ops=spec.num_layers, magnitude=int(spec.magnitude),
+                                          interpolation=mode),
+           "tv_ta_wide": lambda: T.TrivialAugmentWide(interpolation=mode),
+           "tv_imagenet": lambda: T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=mode)}[spec.kind]()
     steps = [T.RandomResizedCrop(a.crop, interpolation=mode), T.RandomHorizontalFlip(), aug, T.PILToTensor(),
              T.ConvertImageDtype(torch.float), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-    if a.re_prob > 0:
-        steps.append(T.RandomErasing(p=a.re_prob))
+    if a.re_prob > 0:  # torchvision fills with 0 (dalimix's "const") or, with value="random", per-pixel noise
+        steps.append(T.RandomErasing(p=a.re_prob, value="random" if a.re_mode == "pixel" else 0))
     return T.Compose(steps)
 
 
