@@ -3,7 +3,6 @@
 // pool. The same bodies as the GPU kernels (policy_apply.h), run over a one-sample batch; and
 // `dalimix.apply_program_gpu_emulated`, the GPU operator's whole launch sequence emulated on the host.
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -82,14 +81,8 @@ struct HostSample : HostExec {
       for (int x = 0; x < S; x++) std::memcpy(o + 3 * x, rounded.data() + 3 * (S - 1 - x), 3);
     }
   }
-  // Round8 over a row, in a form the compiler vectorises (the same values: rint, then clamp to 0..255).
   static void RoundRow(const float *in, uint8_t *out, int n) {
-    for (int j = 0; j < n; j++) {
-      float r = rintf(in[j]);
-      r = r < 0.0f ? 0.0f : r;
-      r = r > 255.0f ? 255.0f : r;
-      out[j] = static_cast<uint8_t>(static_cast<int>(r));
-    }
+    for (int j = 0; j < n; j++) out[j] = Round8(in[j]);
   }
   void Hist(const ProgramBatch &b, int buffer, int l) {
     if (NeedsHistogram(b.samples[0].ops[l])) HistogramsImage(Image(b, buffer, 0), b.S, b.hist);

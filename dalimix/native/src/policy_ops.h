@@ -298,9 +298,12 @@ DMX_HD int BoxBlurValue(At at, int n, int i, float R) {
 
 // ---- the resize to the crop (and the flip) before the program ----
 
+// Two selects rather than nested ones, so that a loop of it vectorises (the same values).
 DMX_HD uint8_t Round8(float v) {
-  const float r = rintf(v);
-  return static_cast<uint8_t>(r < 0.0f ? 0.0f : (r > 255.0f ? 255.0f : r));
+  float r = rintf(v);
+  r = r < 0.0f ? 0.0f : r;
+  r = r > 255.0f ? 255.0f : r;
+  return static_cast<uint8_t>(static_cast<int>(r));
 }
 
 }  // namespace dalimix
