@@ -6,7 +6,7 @@ import argparse
 from typing import Any, Optional
 
 POLICY_HELP = ("timm's 'rand-m9-mstd0.5-inc1' (any rand-... string), '3a' (DeiT III's 3-Augment), or torchvision's "
-               "'ra' ('ra-m{M}'), 'ta_wide', 'imagenet' (AutoAugment's ImageNet policy)")
+               "'ra' ('ra-m{M}[-n{N}]'), 'ta_wide', 'imagenet' (AutoAugment's ImageNet policy)")
 
 
 def add_augmentation_flags(group: Any, *, erasing: bool = False) -> None:

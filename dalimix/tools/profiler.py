@@ -101,10 +101,9 @@ def library_batch_mix(mix: MixConfig) -> Any:
         from timm.data import Mixup
     except ImportError:
         return TorchBatchMix(mix)
-    timm_mix = Mixup(mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha, prob=mix.prob,
-                     switch_prob=mix.switch_prob, mode=mix.mode, label_smoothing=mix.label_smoothing,
-                     num_classes=mix.num_classes)
-    return lambda x, y: timm_mix(x, y)
+    return Mixup(mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha, prob=mix.prob,
+                 switch_prob=mix.switch_prob, mode=mix.mode, label_smoothing=mix.label_smoothing,
+                 num_classes=mix.num_classes)
 
 
 def reference_transform(a: argparse.Namespace) -> Any:

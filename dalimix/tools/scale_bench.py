@@ -24,7 +24,6 @@ def make_tree(root: Path, n: int) -> Path:
     marker = root / ".complete"
     if marker.is_file() and marker.read_text() == str(n):
         return root
-    from dalimix.data.synthetic import make_dataset  # noqa: F401  (a real JPEG encoder: PIL)
     from io import BytesIO
 
     from PIL import Image
