@@ -6,6 +6,10 @@ output is replaced by ``lam * h + (1 - lam) * h[perm]`` for a random permutation
 targets are mixed with the same ``lam`` and ``perm``. The rest of the network runs on the mixed
 representation, which flattens class representations and smooths decision boundaries.
 
+With ``mode="cutmix"`` the drawn layer's feature map instead gets a box from the partner sample's map (the
+CutMix paper's "Feature CutMix", Yun et al. 2019, Table 3): the box follows in-loader CutMix's rule (timm's)
+on the map's H x W, and the targets weigh by the pasted area exactly.
+
 The wrapper touches nothing at rest: a forward hook is attached to the drawn layer for one forward pass
 only and is removed in a ``finally`` block (under torch.compile, inactive hooks stay instead, see
 :class:`ManifoldMixup`), so evaluation, or a call without targets, is exactly the wrapped model.
@@ -17,16 +21,20 @@ import math
 import re
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dalimix import adapters
+from dalimix.ops.mix_params import U_CX, U_CY, NUM_UNIFORMS, cutmix_boxes
 
 __all__ = ["ManifoldMixup", "resnet_mix_layers"]
 
 INPUT = "input"
 """Name under which the network input appears in :attr:`ManifoldMixup.eligible_layers`."""
+
+MODES = ("mixup", "cutmix")
 
 _STAGE_RE = re.compile(r"layer(\d+)$")
 _STAGE_CONTAINERS = ("stages", "blocks", "layers")
@@ -85,13 +93,17 @@ class ManifoldMixup(nn.Module):
     ``include_input``), ``lam ~ Beta(alpha, alpha)`` and a permutation ``perm`` of the batch. The drawn
     layer's output ``h`` becomes ``lam * h + (1 - lam) * h[perm]`` (in ``h``'s dtype and memory format, so
     autocast and channels_last are kept), and the targets (int labels are one-hot encoded first, then
-    label smoothed if asked) are mixed the same way. The call returns ``(logits, mixed_targets)`` with
+    label smoothed if asked) are mixed the same way. With ``mode="cutmix"`` the drawn layer's output must be
+    a ``[N, C, H, W]`` map (either memory format): a box of sides ``int(H * sqrt(1 - lam))`` and
+    ``int(W * sqrt(1 - lam))`` around a uniform centre, clipped (in-loader CutMix's rule), is copied from
+    ``h[perm]`` into ``h``, and the targets weigh by the pasted area: ``1 - box area / (H * W)`` for the own
+    label. The box is kept in :attr:`last_box` (``(y0, x0, y1, x1)`` on the mixed map). The call returns ``(logits, mixed_targets)`` with
     ``mixed_targets`` float32 ``[N, num_classes]``. In eval mode, or when ``targets`` is None, the call is
     exactly ``model(x)`` and returns only the logits. The wrapper's mode decides, not the wrapped model's.
 
     Randomness comes from torch (``generator`` when given, else the global CPU generator), so
     ``torch.manual_seed`` makes the draws reproducible. The last draw is kept in :attr:`last_layer`,
-    :attr:`last_lam` and :attr:`last_perm` for logging and tests. The wrapper has no state of its own:
+    :attr:`last_lam` (the own target's weight) and :attr:`last_perm` for logging and tests. The wrapper has no state of its own:
     save ``wrapped.model.state_dict()`` for checkpoints that load into the plain model.
 
     Distributed training: wrap the model first, then DDP, i.e. ``DDP(ManifoldMixup(model))`` (pass
@@ -119,6 +131,7 @@ class ManifoldMixup(nn.Module):
         label_smoothing: applied to int labels when they are one-hot encoded (soft targets are used as
             given, assumed already smoothed by the loader).
         generator: a CPU ``torch.Generator`` for the draws, instead of torch's global one.
+        mode: ``"mixup"`` (interpolate the whole representation) or ``"cutmix"`` (paste a box of it).
     """
 
     def __init__(
@@ -131,6 +144,7 @@ class ManifoldMixup(nn.Module):
         num_classes: Optional[int] = None,
         label_smoothing: float = 0.0,
         generator: Optional[torch.Generator] = None,
+        mode: str = "mixup",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -142,6 +156,8 @@ class ManifoldMixup(nn.Module):
             raise ValueError(f"ManifoldMixup: num_classes must be a positive int or None, got {num_classes!r}")
         if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"ManifoldMixup: label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        if mode not in MODES:
+            raise ValueError(f"ManifoldMixup: mode must be one of {MODES}, got mode={mode!r}")
         if generator is not None:
             if not isinstance(generator, torch.Generator):
                 raise TypeError(f"ManifoldMixup: generator must be a torch.Generator, got {type(generator).__name__}")
@@ -154,6 +170,7 @@ class ManifoldMixup(nn.Module):
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
         self.generator = generator
+        self.mode = mode
 
         if layers is None:
             layers = resnet_mix_layers(model)
@@ -185,15 +202,16 @@ class ManifoldMixup(nn.Module):
         self.last_layer: Optional[str] = None
         self.last_lam: Optional[float] = None
         self.last_perm: Optional[Tensor] = None
+        self.last_box: Optional[tuple[int, int, int, int]] = None
         self._step = _Step()
         self._hooks = {name: _MixHook(self._step, name) for name in layers}
         self._static_handles: list[Any] = []
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, eligible_layers={self.eligible_layers}"
+        return f"alpha={self.alpha}, mode={self.mode!r}, eligible_layers={self.eligible_layers}"
 
     # -- drawing -----------------------------------------------------------------------------------
-    def _draw(self, batch_size: int) -> tuple[str, float, Tensor]:
+    def _draw(self, batch_size: int) -> tuple[str, float, Tensor, Optional[tuple[float, float]]]:
         g = self.generator
         n = len(self.eligible_layers)
         index = int(torch.randint(n, (1,), generator=g)) if n > 1 else 0
@@ -201,7 +219,11 @@ class ManifoldMixup(nn.Module):
         if not math.isfinite(lam):  # both gamma draws underflowed (tiny alpha): the alpha -> 0 limit
             lam = float(torch.rand((), generator=g) < 0.5)
         perm = torch.randperm(batch_size, generator=g)
-        return self.eligible_layers[index], min(max(lam, 0.0), 1.0), perm
+        centre = None
+        if self.mode == "cutmix":  # the box centre, as fractions of the (not yet known) map's H and W
+            uy, ux = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+            centre = (uy, ux)
+        return self.eligible_layers[index], min(max(lam, 0.0), 1.0), perm, centre
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: Tensor, targets: Optional[Tensor] = None) -> Any:
@@ -229,16 +251,19 @@ class ManifoldMixup(nn.Module):
             raise TypeError(f"ManifoldMixup: x must be a batch-first tensor, got {type(x).__name__}")
         batch = x.shape[0]
         _check_targets(targets, batch, self.num_classes)
-        layer, lam, perm = self._draw(batch)
-        self.last_layer, self.last_lam, self.last_perm = layer, lam, perm
-        self._step.calls = 0
+        layer, lam, perm, centre = self._draw(batch)
+        self.last_layer, self.last_lam, self.last_perm, self.last_box = layer, lam, perm, None
+        step = self._step
+        step.calls, step.centre, step.box, step.box_lam = 0, centre, None, None
         perm_x = perm.to(x.device, non_blocking=True)
         if layer == INPUT:
             if not x.is_floating_point():
                 raise TypeError(f"ManifoldMixup: cannot mix the input: x has dtype {x.dtype}; convert the "
                                 f"images to a floating point dtype first (or pass include_input=False)")
+            if centre is not None:
+                x, self.last_box, self.last_lam = _paste_box(x, perm_x, lam, centre, INPUT)
+                return x
             return _mix(x, perm_x, lam)
-        step = self._step
         step.active, step.lam, step.perm, step.batch = layer, lam, perm_x, batch
         if compiling or self._static_handles or _compiled_on_path(self.model, layer):
             # Compiled graphs do not see hooks added later: keep one (inactive) hook on every layer.
@@ -264,6 +289,8 @@ class ManifoldMixup(nn.Module):
         if self.last_layer != INPUT and self._step.calls == 0:
             raise RuntimeError(f"ManifoldMixup: layer {self.last_layer!r} was not called during the forward "
                                f"pass, so nothing was mixed; remove it from layers")
+        if self.last_layer != INPUT and self._step.box is not None:
+            self.last_box, self.last_lam = self._step.box, self._step.box_lam
         assert self.last_lam is not None and self.last_perm is not None
         return self._mix_targets(targets, logits, self.last_lam, self.last_perm)
 
@@ -311,6 +338,9 @@ class _Step:
         self.batch = 0
         self.calls = 0
         self.handle: Any = None
+        self.centre: Optional[tuple[float, float]] = None  # mode "cutmix": the box centre's (y, x) fractions
+        self.box: Optional[tuple[int, int, int, int]] = None  # ... the box pasted and the own target's weight
+        self.box_lam: Optional[float] = None
 
 
 class _MixHook:
@@ -343,12 +373,42 @@ class _MixHook:
         assert perm is not None
         if perm.device != output.device:
             perm = perm.to(output.device, non_blocking=True)
+        if step.centre is not None:
+            return _paste_into_step(step, output, perm, self.layer)
         if torch.compiler.is_compiling():
             # lam as a tensor: a Python float would be baked into the graph and recompile every step.
             assert step.lam_tensor is not None
             weight = (1.0 - step.lam_tensor).to(device=output.device, dtype=output.dtype)
             return output.lerp(output[perm], weight)
         return _mix(output, perm, step.lam)
+
+
+@torch.compiler.disable
+def _paste_into_step(step: _Step, output: Tensor, perm: Tensor, layer: str) -> Tensor:
+    """The hook's CutMix, eager under torch.compile (the box's corners would otherwise become graph constants)."""
+    assert step.centre is not None
+    mixed, step.box, step.box_lam = _paste_box(output, perm, step.lam, step.centre, layer)
+    return mixed
+
+
+def _paste_box(t: Tensor, perm: Tensor, lam: float, centre: tuple[float, float],
+               layer: str) -> tuple[Tensor, tuple[int, int, int, int], float]:
+    """``t`` with a box of ``t[perm]`` pasted in (in-loader CutMix's box rule on ``t``'s H x W), the box
+    ``(y0, x0, y1, x1)`` and the own target's weight ``1 - area / (H * W)``."""
+    if t.dim() != 4:
+        raise ValueError(f"ManifoldMixup: mode='cutmix' pastes boxes into [N, C, H, W] maps, but {layer!r} gave "
+                         f"shape {tuple(t.shape)}; mix that layer with mode='mixup' or choose convolutional layers")
+    height, width = int(t.shape[-2]), int(t.shape[-1])
+    u = np.zeros((1, NUM_UNIFORMS))
+    u[0, U_CY], u[0, U_CX] = centre
+    y0, x0, y1, x1 = (int(v) for v in cutmix_boxes(np.array([lam]), u, height, width, None)[0])
+    area = (y1 - y0) * (x1 - x0)
+    box = (y0, x0, y1, x1)
+    if area == 0:
+        return t, box, 1.0
+    mixed = t.clone()  # keeps the memory format (channels_last stays channels_last)
+    mixed[:, :, y0:y1, x0:x1] = t[:, :, y0:y1, x0:x1][perm]
+    return mixed, box, 1.0 - area / (height * width)
 
 
 def _check_targets(targets: Tensor, batch: int, num_classes: Optional[int]) -> None:

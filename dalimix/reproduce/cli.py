@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from dalimix.reproduce.recipes import DEFAULT_METHODS, METHODS, RECIPES
-from dalimix.data.splits import split_classes
-from dalimix.reproduce.runs import PipelineFactory, _subset_list, run
+from dalimix.reproduce.label_noise import paper_mixup_alpha
+from dalimix.reproduce.runs import PipelineFactory, run
+from dalimix.reproduce.subsets import HELD_OUT, class_files, comparison_classes, first_per_class
 from dalimix.reproduce.table import format_table
 from dalimix.train.models import build_model
 
@@ -35,6 +36,23 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help=f"comma list of methods (default {','.join(DEFAULT_METHODS)}; 'all': every method)")
     p.add_argument("--seeds", type=lambda v: [int(s) for s in _csv(v)], default=None, metavar="LIST",
                    help="comma list of seeds (default: the recipe's, 0,1,2)")
+    p.add_argument("--val-data", default=None, metavar="DIR",
+                   help=f"validate on this folder of class folders (default: DATA/val; without it, the train images "
+                        f"--train-per-class leaves unused; '{HELD_OUT}': those even where DATA/val exists)")
+    n = p.add_argument_group("corrupted labels (Zhang et al. 2018, Table 2)")
+    n.add_argument("--label-noise", type=float, default=None, metavar="P",
+                   help="corrupt this share of the training labels (seeded by the run's seed, the same for every "
+                        "method; listed in each run's label_noise.tsv); the table then reports val error at the last "
+                        "and the best epoch and training error against the real and the corrupted labels")
+    n.add_argument("--noise-kind", choices=("symmetric", "pairflip"), default=None,
+                   help="symmetric: a uniformly random class (Zhang et al.); pairflip: the next class (default "
+                        "symmetric)")
+    a = p.add_argument_group("method alphas (default: the method's; with --label-noise, mixup takes the paper's: "
+                             "8 at 20%%, 32 at 50%% and 80%%)")
+    for flag, method in (("--mixup-alpha", "mixup"), ("--cutmix-alpha", "cutmix"),
+                         ("--manifold-alpha", "manifold"), ("--feature-cutmix-alpha", "feature_cutmix")):
+        a.add_argument(flag, type=float, default=None, metavar="A",
+                       help=f"Beta(A, A) of the {method} method (default {METHODS[method].label.split('alpha ')[1]})")
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--arch", default=None, help="preact_resnet18 or any torchvision classification model")
     g.add_argument("--width", type=int, default=None, help="PreAct ResNet width (stem channels)")
@@ -52,6 +70,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="random-resized-crop area range")
     g.add_argument("--train-per-class", type=int, default=None, metavar="N",
                    help="train on the first N images (sorted names) of each class only")
+    g.add_argument("--val-per-class", type=int, default=None, metavar="N",
+                   help="held-out val (see --val-data): at most N unused train images per class")
     g.add_argument("--device", choices=("gpu", "cpu"), default=None)
     g.add_argument("--threads", type=int, default=None, help="DALI CPU threads")
     g.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
@@ -59,6 +79,24 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's checkpoint.pt/best.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
+
+
+def _methods(p: argparse.ArgumentParser, a: argparse.Namespace, names: Sequence[str], recipe: Any) -> list[Any]:
+    """The chosen methods with the alphas of the command line (and the paper's mixup alpha under label noise)."""
+    alphas = {"mixup": a.mixup_alpha, "cutmix": a.cutmix_alpha, "manifold": a.manifold_alpha,
+              "feature_cutmix": a.feature_cutmix_alpha}
+    if recipe.label_noise and alphas["mixup"] is None:
+        alphas["mixup"] = paper_mixup_alpha(recipe.label_noise)
+    methods = []
+    for name in names:
+        m = METHODS[name]
+        if alphas.get(name) is not None:
+            try:
+                m = m.with_alpha(alphas[name])
+            except ValueError as exc:
+                p.error(f"--{name.replace('_', '-')}-alpha: {str(exc).split(': ', 1)[1]}")
+        methods.append(m)
+    return methods
 
 
 def main(argv: Optional[Sequence[str]] = None, *, train_pipeline: Optional[PipelineFactory] = None,
@@ -75,6 +113,7 @@ def main(argv: Optional[Sequence[str]] = None, *, train_pipeline: Optional[Pipel
     overrides = dict(arch=a.arch, width=a.width, epochs=a.epochs, milestones=a.milestones, schedule=a.schedule,
                      batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs,
                      crop=a.crop, val_resize=a.val_resize, scale=a.scale, train_per_class=a.train_per_class,
+                     val_per_class=a.val_per_class, label_noise=a.label_noise, noise_kind=a.noise_kind,
                      device=a.device, threads=a.threads,
                      torch_threads=a.torch_threads, seeds=a.seeds,
                      amp=None if a.amp is None else a.amp == "on")
@@ -101,16 +140,17 @@ def main(argv: Optional[Sequence[str]] = None, *, train_pipeline: Optional[Pipel
             p.error("--device: the recipe trains on 'gpu' but torch sees no CUDA device (use --device cpu or "
                     "--recipe cpu)")
     try:
-        classes = split_classes(a.data)
+        classes = comparison_classes(a.data, a.val_data)
     except ValueError as exc:
-        p.error(f"--data: {exc}")
-    methods = [METHODS[n] for n in names]
+        p.error(f"--{getattr(exc, 'argument', 'data').replace('_', '-')}: {exc}")
+    methods = _methods(p, a, names, recipe)
     t0 = time.perf_counter()
     try:
         if recipe.train_per_class is not None:
-            _subset_list(os.path.join(a.data, "train"), classes, recipe.train_per_class, None)
+            train_dir = os.path.join(a.data, "train")
+            first_per_class(class_files(train_dir, classes), recipe.train_per_class, classes, train_dir)
         results = run(a.data, recipe, methods, a.output, train_pipeline=train_pipeline, val_pipeline=val_pipeline,
-                      progress=not a.no_progress, keep_checkpoints=a.keep_checkpoints)
+                      progress=not a.no_progress, keep_checkpoints=a.keep_checkpoints, val_data=a.val_data)
     except ValueError as exc:
         # Errors that name a setting ("output: ...", "train_per_class: ...") become errors naming its flag.
         name, sep, rest = str(exc).partition(": ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ class Method:
     manifold_alpha: float = 0.0
     manifold_layers: tuple[str, ...] = ()
     manifold_input: bool = True
+    manifold_mode: str = "mixup"           # "cutmix": Feature CutMix (a box of the partner's feature map)
 
     def mix_config(self, num_classes: int) -> Any:
         """The `dalimix.MixConfig` of the in-loader part, or None for a method that mixes no input pixels."""
@@ -37,6 +39,21 @@ class Method:
         """The settings as plain data (for results.json and to recognise a finished run)."""
         return dataclasses.asdict(self)
 
+    @property
+    def alpha_field(self) -> Optional[str]:
+        """The one Beta concentration this method is tuned by (None for ERM and for timm's two-alpha mix)."""
+        return ALPHA_FIELDS.get(self.name)
+
+    def with_alpha(self, alpha: float) -> "Method":
+        """A copy with its alpha (see `alpha_field`) set to `alpha` and its label saying so."""
+        name = self.alpha_field
+        if name is None:
+            raise ValueError(f"{self.name}: has no single alpha to set")
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"{self.name.replace('_', '-')}_alpha: must be a finite number > 0, got {alpha!r}")
+        label = re.sub(r"alpha [0-9.eE+-]+", f"alpha {alpha:g}", self.label)
+        return dataclasses.replace(self, label=label, **{name: float(alpha)})
+
 
 METHODS: dict[str, Method] = {
     "erm": Method("erm", "ERM (no mixing)"),
@@ -47,11 +64,16 @@ METHODS: dict[str, Method] = {
                        manifold_layers=("layer1", "layer2")),
     # Yun et al.'s CIFAR recipe: alpha 1, applied to a batch with probability 0.5 (ImageNet: 1.0).
     "cutmix": Method("cutmix", "CutMix, alpha 1, prob 0.5", cutmix_alpha=1.0, prob=0.5),
+    # Yun et al.'s Feature CutMix (Table 3): CutMix at a drawn layer, here the manifold method's choices.
+    "feature_cutmix": Method("feature_cutmix", "feature CutMix, alpha 1 (input, layer1, layer2)", manifold_alpha=1.0,
+                             manifold_layers=("layer1", "layer2"), manifold_mode="cutmix"),
     # timm / DeiT ImageNet recipe.
     "mixup_cutmix": Method("mixup_cutmix", "mixup 0.8 + CutMix 1.0, smoothing 0.1 (timm)", mixup_alpha=0.8,
                            cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1),
 }
 DEFAULT_METHODS = ("erm", "mixup", "manifold", "cutmix")
+ALPHA_FIELDS = {"mixup": "mixup_alpha", "cutmix": "cutmix_alpha", "manifold": "manifold_alpha",
+                "feature_cutmix": "manifold_alpha"}
 
 # CIFAR-10 test error (%) the papers report, per method (PreAct ResNet-18 unless said otherwise).
 PAPER_FIGURES: dict[str, str] = {
@@ -59,13 +81,14 @@ PAPER_FIGURES: dict[str, str] = {
     "mixup": "4.2 [Z], 3.82 [V]",
     "manifold": "2.95 [V]",
     "cutmix": "no PreAct ResNet-18 figure [Y]",
+    "feature_cutmix": "no CIFAR figure [Y]",
     "mixup_cutmix": "-",
 }
 PAPER_NOTES = (
     "[Z] Zhang et al. 2018 (mixup), PreAct ResNet-18, 200 epochs, step schedule (the `paper` recipe). "
     "[V] Verma et al. 2019 (Manifold Mixup), PreAct ResNet-18, 2000 epochs (lr /10 at 500, 1000, 1500). "
     "[Y] Yun et al. 2019 (CutMix) report PyramidNet-200 on CIFAR-100 (16.45 -> 14.23 % error) and ResNet-50 "
-    "on ImageNet (23.68 -> 21.40 % top-1 error; mixup 22.58, manifold mixup 22.50)."
+    "on ImageNet (23.68 -> 21.40 % top-1 error; mixup 22.58, manifold mixup 22.50, feature CutMix 21.80)."
 )
 
 
@@ -96,6 +119,9 @@ class Recipe:
     # crops and resizes, and (0.64, 1) (sides >= 0.8) is the mild equivalent.
     scale: tuple[float, float] = (0.64, 1.0)
     train_per_class: Optional[int] = None   # train on the first N images (sorted names) of each class only
+    val_per_class: Optional[int] = None     # a held-out set from the unused train images: at most N per class
+    label_noise: float = 0.0               # share of training labels corrupted (Zhang et al. Table 2)
+    noise_kind: str = "symmetric"          # or "pairflip" (label -> next class)
     seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "gpu"
     threads: int = 4                       # DALI CPU threads
@@ -115,6 +141,9 @@ class Recipe:
             need(posint(getattr(self, name)), name, "a positive int")
         need(self.torch_threads is None or posint(self.torch_threads), "torch_threads", "None or a positive int")
         need(self.train_per_class is None or posint(self.train_per_class), "train_per_class", "None or a positive int")
+        need(self.val_per_class is None or posint(self.val_per_class), "val_per_class", "None or a positive int")
+        need(isinstance(self.label_noise, (int, float)) and 0 <= self.label_noise <= 1, "label_noise", "in [0, 1]")
+        need(self.noise_kind in ("symmetric", "pairflip"), "noise_kind", "'symmetric' or 'pairflip'")
         need(isinstance(self.arch, str) and bool(self.arch), "arch", "a model name")
         need(self.val_resize >= self.crop, "val_resize", f">= crop ({self.crop})")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "> 0")
@@ -150,6 +179,8 @@ class Recipe:
         sched = (f"{warm}cosine" if self.schedule == "cosine" else
                  f"{warm}lr x{self.gamma:g} at epochs {', '.join(map(str, self.milestones)) or '-'}")
         subset = f"{self.train_per_class} train images per class, " if self.train_per_class else ""
+        if self.label_noise:
+            subset += f"{100 * self.label_noise:g}% {self.noise_kind} label noise, "
         return (f"{net}, {subset}{self.epochs} epochs, batch {self.batch_size}, {sgd}, {wd}, {sched}; crop {self.crop}, "
                 f"random-resized-crop scale {tuple(self.scale)}, flip; {self.device}"
                 + (", AMP" if self.amp else ""))
@@ -186,3 +217,8 @@ RECIPES: dict[str, Recipe] = {
         scale=(0.64, 1.0), train_per_class=200, seeds=(0, 1, 2), device="cpu", threads=1, amp=False,
         channels_last=True),
 }
+RECIPES["cpu-noisy"] = RECIPES["cpu-lowdata"].replace(
+    name="cpu-noisy", description="Zhang et al.'s corrupted-label regime on 2 CPU cores: the cpu-lowdata network on "
+                                  "200 train images per class, 50% symmetric label noise, 25 epochs, held out: 200 "
+                                  "unused train images per class (~3 min per run)",
+    epochs=25, warmup_epochs=1.0, label_noise=0.5, val_per_class=200)

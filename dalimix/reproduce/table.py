@@ -5,7 +5,10 @@ import math
 from typing import Any, Mapping, Optional, Sequence
 
 from dalimix.atomic_files import save_figure
+from dalimix.reproduce.label_noise import PAPER_NOISE_ERRORS, paper_level
 from dalimix.reproduce.recipes import PAPER_FIGURES, PAPER_NOTES, Method, Recipe
+
+NOISE_COLUMNS = ("train_error_noisy_real", "train_error_noisy_given", "train_error_clean", "corrupted_share")
 
 def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -46,7 +49,9 @@ def summarize(runs: Sequence[Mapping[str, Any]], methods: Sequence[Method]) -> l
                      "error_mean": mean, "error_std": std, "best_error_mean": best_mean, "best_error_std": best_std,
                      "final_train_loss": loss_mean, "val_loss_mean": val_loss_mean, "val_loss_std": val_loss_std,
                      "minutes_per_run": None if wall_mean is None else wall_mean / 60,
-                     "vs_erm": _paired_vs(mine, erm) if erm and m.name != "erm" else None})
+                     "vs_erm": _paired_vs(mine, erm) if erm and m.name != "erm" else None,
+                     **{f"{key}_{stat}": value for key in NOISE_COLUMNS
+                        for stat, value in zip(("mean", "std"), _mean_std([r.get(key) for r in mine]))}})
     return rows
 
 
@@ -56,10 +61,20 @@ def _pm(mean: Optional[float], std: Optional[float], n: int) -> str:
     return f"{mean:.2f} +- {std:.2f}" if n > 1 else f"{mean:.2f}"
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe) -> str:
-    """The comparison as a Markdown table (val error % after the last epoch, mean +- sample std over seeds)."""
+def _versus(vs: Optional[Mapping[str, Any]]) -> str:
+    if not vs or not vs["n"]:
+        return "-"
+    text = f"{vs['diff_mean']:+.2f}" + (f" +- {vs['diff_std']:.2f}" if vs["n"] > 1 else "")
+    return text + (f" (t {vs['t']:+.1f})" if vs["t"] is not None else "")
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe, val_note: str = "") -> str:
+    """The comparison as a Markdown table (val error % after the last epoch, mean +- sample std over seeds);
+    with label noise, Zhang et al.'s Table 2 columns (see `format_noise_table`)."""
+    if recipe.label_noise:
+        return format_noise_table(rows, recipe, val_note)
     lines = [f"Recipe `{recipe.name}`: {recipe.summary()}. Val error (%) after epoch "
-             f"{recipe.epochs}, mean +- sample std over seeds.", "",
+             f"{recipe.epochs}, mean +- sample std over seeds." + (f" {_sentence(val_note)}" if val_note else ""), "",
              "| method | papers' CIFAR-10 error % | error % | seeds | per seed | vs ERM (paired) | best-epoch error % "
              "| val loss | final train loss | min/run |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
@@ -68,11 +83,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe) -> str:
         per_seed = ", ".join(f"{e:.1f}" for e in r["errors"] if e is not None) or "-"
         loss = "-" if r["final_train_loss"] is None else f"{r['final_train_loss']:.3f}"
         minutes = "-" if r["minutes_per_run"] is None else f"{r['minutes_per_run']:.1f}"
-        vs = r.get("vs_erm")
-        versus = "-"
-        if vs and vs["n"]:
-            versus = f"{vs['diff_mean']:+.2f}" + (f" +- {vs['diff_std']:.2f}" if vs["n"] > 1 else "")
-            versus += f" (t {vs['t']:+.1f})" if vs["t"] is not None else ""
+        versus = _versus(r.get("vs_erm"))
         val_loss = "-" if r.get("val_loss_mean") is None else (
             f"{r['val_loss_mean']:.3f}" + (f" +- {r['val_loss_std']:.3f}" if n > 1 else ""))
         lines.append(f"| {r['label']} | {r['paper']} | {_pm(r['error_mean'], r['error_std'], n)} | {n} | {per_seed} "
@@ -82,6 +93,43 @@ def format_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe) -> str:
               "high). Train loss is against the mixed targets, so it is higher for the mixing methods. "
               "vs ERM: the method's error minus ERM's, seed by seed (the same seed starts from the same weights), "
               "mean +- sample std and t = mean / (std / sqrt(seeds)); |t| > 4.3 is p < 0.05 with 3 seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def _sentence(text: str) -> str:
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
+
+
+def format_noise_table(rows: Sequence[Mapping[str, Any]], recipe: Recipe, val_note: str = "") -> str:
+    """Zhang et al.'s Table 2 columns per method: val error at the last and the best epoch, and training
+    error on the corrupted samples against their real and their corrupted labels (mean +- std over seeds)."""
+    level = paper_level(recipe.label_noise)
+    paper = PAPER_NOISE_ERRORS[level] if recipe.noise_kind == "symmetric" else {}
+    lines = [f"Recipe `{recipe.name}`: {recipe.summary()}. Errors in %, mean +- sample std over seeds; each seed "
+             f"corrupts the labels once, the same for every method." + (f" {_sentence(val_note)}" if val_note else ""),
+             "",
+             f"| method | paper {100 * level:g}% best / last | val error, last epoch | val error, best epoch "
+             f"| train error vs real labels (corrupted samples) | train error vs corrupted labels (corrupted samples) "
+             f"| train error (clean samples) | last-epoch error vs ERM (paired) | val loss | min/run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        n = len(r["seeds"])
+        fig = paper.get(r["method"])
+        val_loss = "-" if r.get("val_loss_mean") is None else f"{r['val_loss_mean']:.3f}"
+        minutes = "-" if r["minutes_per_run"] is None else f"{r['minutes_per_run']:.1f}"
+        cols = [_pm(r.get(f"{k}_mean"), r.get(f"{k}_std"), n) for k in NOISE_COLUMNS[:3]]
+        lines.append(f"| {r['label']} | {'-' if fig is None else f'{fig[0]:g} / {fig[1]:g}'} "
+                     f"| {_pm(r['error_mean'], r['error_std'], n)} | {_pm(r['best_error_mean'], r['best_error_std'], n)} "
+                     f"| {' | '.join(cols)} | {_versus(r.get('vs_erm'))} | {val_loss} | {minutes} |")
+    share = [r.get("corrupted_share_mean") for r in rows if r.get("corrupted_share_mean") is not None]
+    lines += ["", f"Corrupted samples (given label differs from the real one): {share[0]:.1f}% of the training set."
+              if share else "",
+              f"Paper: Zhang et al. 2018, Table 2, CIFAR-10 with {100 * level:g}% symmetric label noise, PreAct "
+              f"ResNet-18, 200 epochs, test error at the best / last epoch (mixup with alpha "
+              f"{8 if level == 0.2 else 32}); ERM's training error against the corrupted labels there is 0.28-0.83% "
+              f"(it memorises them), mixup's about 86% (it does not). Training errors here are measured after the "
+              f"last epoch without augmentation (the val transform)."]
     return "\n".join(lines) + "\n"
 
 

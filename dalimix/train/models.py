@@ -98,15 +98,16 @@ def _timm_model(name: str, num_classes: int, crop: int, drop_path: float) -> nn.
 
 
 def with_manifold(net: nn.Module, *, alpha: float, layers: Optional[Sequence[str]], include_input: bool,
-                  num_classes: int) -> nn.Module:
-    """`net` in `ManifoldMixup` when `alpha` > 0, else `net`; errors name `manifold_layers` or `manifold_alpha`."""
+                  num_classes: int, mode: str = "mixup") -> nn.Module:
+    """`net` in `ManifoldMixup` (`mode` mixup or cutmix) when `alpha` > 0, else `net`; errors name
+    `manifold_layers` or `manifold_alpha`."""
     from dalimix.manifold import ManifoldMixup
 
     if alpha <= 0:
         return net
     try:
         return ManifoldMixup(net, alpha=alpha, layers=list(layers) if layers else None, include_input=include_input,
-                             num_classes=num_classes)
+                             num_classes=num_classes, mode=mode)
     except (ValueError, TypeError) as exc:
         if not layers:
             names = [n for n, _ in net.named_modules() if n and n.count(".") <= 1][:12]

@@ -50,6 +50,7 @@ class RunConfig:
     val_resize: Optional[int] = None            # default: val crop / 0.875
     scale: tuple[float, float] = (0.08, 1.0)
     train_file_list: Optional[str] = None        # a subset of train_data (relative path, label per line)
+    val_file_list: Optional[str] = None          # ... of val_data
     device: str = "gpu"
     threads: int = 4
     prefetch: int = 2
@@ -74,6 +75,7 @@ class RunConfig:
     manifold_alpha: float = 0.0
     manifold_layers: Optional[Sequence[str]] = None
     manifold_input: bool = True
+    manifold_mode: str = "mixup"                 # or "cutmix": Feature CutMix at the drawn layer
     # model
     arch: str = "resnet50"
     width: int = 64                              # preact_resnet18's stem channels
@@ -144,7 +146,8 @@ class Run:
         mix = f"in-loader {c.mix!r}" if c.mix is not None else "none in the loader"
         layers = list(getattr(self.model, "eligible_layers", []) or
                       getattr(getattr(self.model, "module", None), "eligible_layers", []) or [])
-        manifold = f", manifold mixup alpha={c.manifold_alpha} at {layers}" if c.manifold_alpha > 0 else ""
+        kind = "feature CutMix" if c.manifold_mode == "cutmix" else "manifold mixup"
+        manifold = f", {kind} alpha={c.manifold_alpha} at {layers}" if c.manifold_alpha > 0 else ""
         return (f"{c.arch}: {len(c.classes)} classes, {self.run_info['train_images']} train / "
                 f"{self.run_info['val_images']} val images, {self.ctx.world_size} rank(s) on {c.device}, "
                 f"{self.steps_per_epoch} steps/epoch of {c.batch_size} per rank; mixing: {mix}{manifold}")
@@ -181,7 +184,7 @@ def make_network(cfg: RunConfig, ctx: DistContext) -> tuple[nn.Module, nn.Module
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = with_manifold(net, alpha=cfg.manifold_alpha, layers=cfg.manifold_layers,
-                          include_input=cfg.manifold_input, num_classes=len(cfg.classes))
+                          include_input=cfg.manifold_input, num_classes=len(cfg.classes), mode=cfg.manifold_mode)
     return net, model
 
 
@@ -265,7 +268,8 @@ def make_loaders(cfg: RunConfig, ctx: DistContext, *, resume: Optional[Resume] =
                                  shard_id=ctx.rank, num_shards=ctx.world_size, device_id=device_id,
                                  channels_last=cfg.channels_last, classes=list(cfg.classes),
                                  max_batches_per_epoch=cfg.max_val_steps, prefetch_queue_depth=cfg.prefetch,
-                                 interpolation="bicubic" if cfg.interpolation == "bicubic" else "bilinear"))
+                                 interpolation="bicubic" if cfg.interpolation == "bicubic" else "bilinear",
+                                 **({"file_list": cfg.val_file_list} if cfg.val_file_list else {})))
     return train, val, first_epoch
 
 
