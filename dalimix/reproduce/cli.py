@@ -157,6 +157,6 @@ def main(argv: Optional[Sequence[str]] = None, *, train_pipeline: Optional[Pipel
         if sep and name.isidentifier():
             p.error(f"--{name.replace('_', '-')}: {rest}")
         raise
-    print(format_table(results["table"], recipe), end="")
+    print(format_table(results["table"], recipe, val_note=str(results.get("val", ""))), end="")
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; table.md, results.json and curves.png in {a.output}")
     return 0
