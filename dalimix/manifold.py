@@ -147,23 +147,7 @@ class ManifoldMixup(nn.Module):
         mode: str = "mixup",
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"ManifoldMixup: model must be an nn.Module, got {type(model).__name__}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"ManifoldMixup: alpha must be a finite number > 0, got alpha={alpha!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
-            raise ValueError(f"ManifoldMixup: num_classes must be a positive int or None, got {num_classes!r}")
-        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"ManifoldMixup: label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        if mode not in MODES:
-            raise ValueError(f"ManifoldMixup: mode must be one of {MODES}, got mode={mode!r}")
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise TypeError(f"ManifoldMixup: generator must be a torch.Generator, got {type(generator).__name__}")
-            if generator.device.type != "cpu":
-                raise ValueError(f"ManifoldMixup: generator must be a CPU torch.Generator, got one on {generator.device}")
-
+        _check_options(model, alpha, num_classes, label_smoothing, generator, mode)
         self.model = model
         self.alpha = float(alpha)
         self.include_input = bool(include_input)
@@ -176,24 +160,7 @@ class ManifoldMixup(nn.Module):
             layers = resnet_mix_layers(model)
         elif isinstance(layers, str):
             raise TypeError(f"ManifoldMixup: layers must be a list of module names, got the string {layers!r}")
-        layers = list(layers)
-        named = dict(model.named_modules())
-        seen: set[str] = set()
-        for name in layers:
-            if not isinstance(name, str):
-                raise TypeError(f"ManifoldMixup: layers must hold module names (str), got {name!r}")
-            if name == "":
-                raise ValueError("ManifoldMixup: layer '' is the whole model (its output is the logits); "
-                                 "name a hidden layer")
-            if name not in named:
-                close = difflib.get_close_matches(name, [n for n in named if n], n=5)
-                top = [n for n, _ in model.named_children()][:10]
-                hint = f"did you mean one of {close}? " if close else ""
-                raise ValueError(f"ManifoldMixup: layer {name!r} is not a module of {type(model).__name__}; "
-                                 f"{hint}valid names come from model.named_modules(), e.g. {top}")
-            if name in seen:
-                raise ValueError(f"ManifoldMixup: layer {name!r} is listed twice in layers")
-            seen.add(name)
+        layers = _check_layers(model, list(layers))
         self.layers: list[str] = layers
         self.eligible_layers: list[str] = ([INPUT] if self.include_input else []) + layers
         if not self.eligible_layers:
@@ -310,6 +277,49 @@ class ManifoldMixup(nn.Module):
             if self.label_smoothing > 0:
                 t = t.mul_(1.0 - self.label_smoothing).add_(self.label_smoothing / num_classes)
         return _mix(t, perm.to(t.device, non_blocking=True), lam)
+
+
+def _check_options(model: nn.Module, alpha: float, num_classes: Optional[int], label_smoothing: float,
+                   generator: Optional[torch.Generator], mode: str) -> None:
+    """`ManifoldMixup`'s arguments other than the layers; errors name the argument."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"ManifoldMixup: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"ManifoldMixup: alpha must be a finite number > 0, got alpha={alpha!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"ManifoldMixup: num_classes must be a positive int or None, got {num_classes!r}")
+    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"ManifoldMixup: label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if mode not in MODES:
+        raise ValueError(f"ManifoldMixup: mode must be one of {MODES}, got mode={mode!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"ManifoldMixup: generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != "cpu":
+            raise ValueError(f"ManifoldMixup: generator must be a CPU torch.Generator, got one on {generator.device}")
+
+
+def _check_layers(model: nn.Module, layers: list[str]) -> list[str]:
+    """`layers`, each a distinct hidden module of `model`; errors name the layer."""
+    named = dict(model.named_modules())
+    seen: set[str] = set()
+    for name in layers:
+        if not isinstance(name, str):
+            raise TypeError(f"ManifoldMixup: layers must hold module names (str), got {name!r}")
+        if name == "":
+            raise ValueError("ManifoldMixup: layer '' is the whole model (its output is the logits); "
+                             "name a hidden layer")
+        if name not in named:
+            close = difflib.get_close_matches(name, [n for n in named if n], n=5)
+            top = [n for n, _ in model.named_children()][:10]
+            hint = f"did you mean one of {close}? " if close else ""
+            raise ValueError(f"ManifoldMixup: layer {name!r} is not a module of {type(model).__name__}; "
+                             f"{hint}valid names come from model.named_modules(), e.g. {top}")
+        if name in seen:
+            raise ValueError(f"ManifoldMixup: layer {name!r} is listed twice in layers")
+        seen.add(name)
+    return layers
 
 
 def _compiled_on_path(model: nn.Module, layer: str) -> bool:

@@ -173,3 +173,20 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(targets, ref_targets)
         logits.sum().backward()
     assert seen == {"input", "act1", "act2"}
+
+
+def test_the_run_builder_wraps_with_the_mode_asked_for():
+    """dalimix-train --manifold-mode cutmix and the reproduce method feature_cutmix reach the wrapper."""
+    from dalimix.reproduce import METHODS
+    from dalimix.reproduce.runs import run_config
+    from dalimix.reproduce.recipes import RECIPES
+    from dalimix.train.distributed import DistContext
+    from dalimix.train.run import make_network
+
+    cfg = run_config("/data", RECIPES["cpu"], METHODS["feature_cutmix"], 0, "/out", ["a", "b", "c"])
+    assert cfg.manifold_mode == "cutmix" and cfg.manifold_alpha == 1.0
+    _, model = make_network(cfg, DistContext(device=torch.device("cpu")))
+    assert isinstance(model, ManifoldMixup) and model.mode == "cutmix"
+    assert model.eligible_layers == ["input", "layer1", "layer2"]
+    logits, targets = model.train()(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
+    assert logits.shape == (4, 3) and model.last_box is not None

@@ -164,6 +164,7 @@ def script():
     (["--val-resize", "16"], "--val-resize"),
     (["--mix-mode", "diagonal"], "--mix-mode"),
     (["--manifold-layers", "layer1"], "--manifold-layers"),  # without --manifold-mixup-alpha
+    (["--manifold-mode", "cutmix"], "--manifold-mode"),  # without --manifold-mixup-alpha
     (["--manifold-mixup-alpha", "1", "--manifold-layers", "layer1,no_such_layer"], "--manifold-layers"),
     (["--resume", "/no/such/checkpoint.pt"], "--resume"),
     (["--batch-size", "1000"], "--batch-size"),  # more than the dataset holds: found by the pipeline

@@ -18,10 +18,29 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _add_noise_flags(p: argparse.ArgumentParser) -> None:
+    """--label-noise, --noise-kind and the method alphas."""
+    n = p.add_argument_group("corrupted labels (Zhang et al. 2018, Table 2)")
+    n.add_argument("--label-noise", type=float, default=None, metavar="P",
+                   help="corrupt this share of the training labels (seeded by the run's seed, the same for every "
+                        "method; listed in each run's label_noise.tsv); the table then reports val error at the last "
+                        "and the best epoch and training error against the real and the corrupted labels")
+    n.add_argument("--noise-kind", choices=("symmetric", "pairflip"), default=None,
+                   help="symmetric: a uniformly random class (Zhang et al.); pairflip: the next class (default "
+                        "symmetric)")
+    a = p.add_argument_group("method alphas (default: the method's; with --label-noise, mixup takes the paper's: "
+                             "8 at 20%%, 32 at 50%% and 80%%)")
+    for flag, method in (("--mixup-alpha", "mixup"), ("--cutmix-alpha", "cutmix"),
+                         ("--manifold-alpha", "manifold"), ("--feature-cutmix-alpha", "feature_cutmix")):
+        a.add_argument(flag, type=float, default=None, metavar="A",
+                       help=f"Beta(A, A) of the {method} method (default "
+                            f"{getattr(METHODS[method], METHODS[method].alpha_field or ''):g})")
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """The command line of `scripts/reproduce.py`."""
     recipes = "\n".join(f"  {name:12s} {r.description}" for name, r in RECIPES.items())
-    methods = "\n".join(f"  {name:13s} {m.label}" for name, m in METHODS.items())
+    methods = "\n".join(f"  {name:15s} {m.label}" for name, m in METHODS.items())
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train one model per method (and seed) with dalimix's loader and engine on an ImageFolder "
@@ -39,20 +58,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--val-data", default=None, metavar="DIR",
                    help=f"validate on this folder of class folders (default: DATA/val; without it, the train images "
                         f"--train-per-class leaves unused; '{HELD_OUT}': those even where DATA/val exists)")
-    n = p.add_argument_group("corrupted labels (Zhang et al. 2018, Table 2)")
-    n.add_argument("--label-noise", type=float, default=None, metavar="P",
-                   help="corrupt this share of the training labels (seeded by the run's seed, the same for every "
-                        "method; listed in each run's label_noise.tsv); the table then reports val error at the last "
-                        "and the best epoch and training error against the real and the corrupted labels")
-    n.add_argument("--noise-kind", choices=("symmetric", "pairflip"), default=None,
-                   help="symmetric: a uniformly random class (Zhang et al.); pairflip: the next class (default "
-                        "symmetric)")
-    a = p.add_argument_group("method alphas (default: the method's; with --label-noise, mixup takes the paper's: "
-                             "8 at 20%%, 32 at 50%% and 80%%)")
-    for flag, method in (("--mixup-alpha", "mixup"), ("--cutmix-alpha", "cutmix"),
-                         ("--manifold-alpha", "manifold"), ("--feature-cutmix-alpha", "feature_cutmix")):
-        a.add_argument(flag, type=float, default=None, metavar="A",
-                       help=f"Beta(A, A) of the {method} method (default {METHODS[method].label.split('alpha ')[1]})")
+    _add_noise_flags(p)
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--arch", default=None, help="preact_resnet18 or any torchvision classification model")
     g.add_argument("--width", type=int, default=None, help="PreAct ResNet width (stem channels)")

@@ -157,22 +157,27 @@ def train_run(data: str, recipe: Recipe, method: Method, seed: int, run_dir: str
     if resume is not None:
         log(f"{os.path.basename(run_dir)}: resuming at epoch {resume.start_epoch + 1} of {recipe.epochs}")
     summary = run.fit()
-    noise = None
-    if noisy is not None:
-        noise = train_errors(run.net, noisy, os.path.join(data, "train"), run_dir, pipeline=factories[1],
-                             classes=classes, batch_size=recipe.batch_size, crop=recipe.crop,
-                             resize=recipe.val_resize, device=recipe.device, threads=recipe.threads,
-                             channels_last=recipe.channels_last, ctx=ctx)
-        write_text(os.path.join(run_dir, NOISE_REPORT), json.dumps(json_safe(noise), indent=1) + "\n")
-        log(f"{os.path.basename(run_dir)}: training error on the {noise['corrupted_share']:.1f}% corrupted samples: "
-            f"{noise['train_error_noisy_real']:.1f}% against their real labels, "
-            f"{noise['train_error_noisy_given']:.1f}% against the corrupted ones")
+    noise = None if noisy is None else _measure_noise(run.net, noisy, data, recipe, classes, run_dir, factories[1],
+                                                      ctx, log)
     if not keep_checkpoints:
         for name in ("checkpoint.pt", "best.pt"):
             path = os.path.join(run_dir, name)
             if os.path.exists(path):
                 os.remove(path)
     return _result(summary, run.state.history, run_dir, noise)
+
+
+def _measure_noise(net: Any, noisy: NoisyLabels, data: str, recipe: Recipe, classes: Sequence[str], run_dir: str,
+                   pipeline: PipelineFactory, ctx: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The finished run's training errors against the real and the corrupted labels, written to its folder."""
+    noise = train_errors(net, noisy, os.path.join(data, "train"), run_dir, pipeline=pipeline, classes=classes,
+                         batch_size=recipe.batch_size, crop=recipe.crop, resize=recipe.val_resize,
+                         device=recipe.device, threads=recipe.threads, channels_last=recipe.channels_last, ctx=ctx)
+    write_text(os.path.join(run_dir, NOISE_REPORT), json.dumps(json_safe(noise), indent=1) + "\n")
+    log(f"{os.path.basename(run_dir)}: training error on the {noise['corrupted_share']:.1f}% corrupted samples: "
+        f"{noise['train_error_noisy_real']:.1f}% against their real labels, "
+        f"{noise['train_error_noisy_given']:.1f}% against the corrupted ones")
+    return noise
 
 
 def _train_list(data: str, recipe: Recipe, seed: int, run_dir: str,

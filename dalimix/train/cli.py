@@ -164,6 +164,9 @@ def _mixing_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--manifold-layers", default=None, metavar="NAMES",
                    help="comma list of module names to mix at (default: the residual stages, e.g. layer1..layer4)")
     g.add_argument("--manifold-no-input", action="store_true", help="manifold mixup: never mix at the input")
+    g.add_argument("--manifold-mode", choices=("mixup", "cutmix"), default="mixup",
+                   help="at the drawn layer: interpolate the whole map (mixup, default) or paste a box of the "
+                        "partner's map, targets by its area (cutmix: Feature CutMix, Yun et al. 2019)")
     g.add_argument("--re-prob", type=float, default=0.0, help="random erasing probability (default 0)")
     g.add_argument("--re-mode", choices=("const", "rand", "pixel"), default="const", help="random erasing fill")
     g.add_argument("--re-count", type=int, default=1, help="random erasing: up to this many boxes")
@@ -245,6 +248,8 @@ def _check_ranges(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     need(a.mixup_off_epoch is None or a.mixup_off_epoch >= 0, "--mixup-off-epoch",
          f"must be >= 0, got {a.mixup_off_epoch}")
     need(a.manifold_mixup_alpha >= 0, "--manifold-mixup-alpha", f"must be >= 0, got {a.manifold_mixup_alpha}")
+    need(a.manifold_mode == "mixup" or a.manifold_mixup_alpha > 0, "--manifold-mode",
+         "cutmix needs --manifold-mixup-alpha > 0 (the Beta concentration of the pasted area)")
     need(a.manifold_layers is None or a.manifold_mixup_alpha > 0, "--manifold-layers",
          "needs --manifold-mixup-alpha > 0")
     need(a.print_freq >= 0, "--print-freq", f"must be >= 0, got {a.print_freq}")
@@ -369,7 +374,8 @@ def _run_config(a: argparse.Namespace) -> Any:
         manifold_alpha=a.manifold_mixup_alpha, model_ema=a.model_ema, model_ema_steps=a.model_ema_steps,
         opt=a.opt, bce_loss=a.bce_loss, bce_target_thresh=a.bce_target_thresh, drop_path=a.drop_path,
         manifold_layers=[s.strip() for s in a.manifold_layers.split(",") if s.strip()] if a.manifold_layers else None,
-        manifold_input=not a.manifold_no_input, arch=a.arch, sync_bn=a.sync_bn, lr=a.lr, min_lr=a.min_lr,
+        manifold_input=not a.manifold_no_input, manifold_mode=a.manifold_mode,
+        arch=a.arch, sync_bn=a.sync_bn, lr=a.lr, min_lr=a.min_lr,
         momentum=a.momentum, nesterov=not a.no_nesterov, weight_decay=a.weight_decay,
         decay_norm_bias=a.decay_norm_bias, warmup_epochs=a.warmup_epochs, clip_grad=a.clip_grad, amp=a.amp,
         torch_threads=a.torch_threads, deterministic=a.deterministic, output=a.output,
