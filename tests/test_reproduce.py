@@ -78,6 +78,13 @@ def test_methods_and_recipes_are_the_papers():
     cpu = RECIPES["cpu"]
     assert cpu.device == "cpu" and cpu.width < paper.width and cpu.epochs < paper.epochs
     assert RECIPES["cpu-lowdata"].train_per_class == 200 and cpu.train_per_class is None
+    feature = METHODS["feature_cutmix"]
+    assert feature.mix_config(10) is None and (feature.manifold_alpha, feature.manifold_mode) == (1.0, "cutmix")
+    assert feature.manifold_layers == ("layer1", "layer2") and feature.manifold_input
+    noisy = RECIPES["cpu-noisy"]
+    assert (noisy.label_noise, noisy.noise_kind, noisy.train_per_class, noisy.val_per_class) == \
+        (0.5, "symmetric", 200, 200)
+    assert all(r.label_noise == 0 for name, r in RECIPES.items() if name != "cpu-noisy")
 
 
 def test_recipe_errors_name_the_field():
