@@ -161,11 +161,14 @@ def test_torch_compile_matches_eager():
                                       pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), head=nn.Linear(4, 5)))
     eager = ManifoldMixup(copy.deepcopy(model), layers=["act1", "act2"], mode="cutmix")
     compiled = torch.compile(ManifoldMixup(model, layers=["act1", "act2"], mode="cutmix"), backend="aot_eager")
+    from torch._dynamo.utils import counters
+
     x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
-    seen = set()
+    seen, graphs = set(), []
     for i in range(12):
         torch.manual_seed(i)
         logits, targets = compiled(x, y)
+        graphs.append(counters["stats"]["unique_graphs"])
         torch.manual_seed(i)
         ref, ref_targets = eager(x, y)
         seen.add(eager.last_layer)
@@ -173,6 +176,7 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(targets, ref_targets)
         logits.sum().backward()
     assert seen == {"input", "act1", "act2"}
+    assert graphs[-1] == graphs[5]  # no recompiling for new boxes once every layer has been drawn
 
 
 def test_the_run_builder_wraps_with_the_mode_asked_for():

@@ -213,6 +213,8 @@ def test_alpha_flags_and_val_data_errors(tmp_path, capsys):
     base = ["--data", str(root), "--output", str(tmp_path / "o"), "--recipe", "cpu-noisy"]
     code, _, err = _main(capsys, *base, "--cutmix-alpha", "0")
     assert code == 2 and "--cutmix-alpha: must be a finite number > 0" in err
+    code, _, err = _main(capsys, *base, "--methods", "erm,mixup", "--cutmix-alpha", "2")
+    assert code == 2 and "--cutmix-alpha: the cutmix method is not among --methods erm,mixup" in err
     code, _, err = _main(capsys, *base, "--val-data", str(tmp_path / "missing"))
     assert code == 2 and "--val-data: " in err and "missing" in err
     code, _, err = _main(capsys, *base, "--label-noise", "1.5")
@@ -222,3 +224,19 @@ def test_alpha_flags_and_val_data_errors(tmp_path, capsys):
     assert reproduce.METHODS["feature_cutmix"].with_alpha(0.5).manifold_alpha == 0.5
     with pytest.raises(ValueError, match="no single alpha"):
         reproduce.METHODS["erm"].with_alpha(1.0)
+
+
+@pytest.mark.slow
+def test_a_corruption_that_changes_nothing_is_reported_as_such(tmp_path, capsys):
+    root = colour_dataset(tmp_path / "ds", 6)
+    args = ["--data", str(root), "--output", str(tmp_path / "out"), "--recipe", "cpu-noisy", "--label-noise", "1e-9",
+            "--methods", "erm", "--seeds", "0", "--epochs", "1", "--width", "4", "--batch-size", "4", "--threads", "1",
+            "--torch-threads", "1", "--crop", "12", "--train-per-class", "4", "--no-progress"]
+    code, stdout, stderr = _main(capsys, *args)
+    assert code == 0, stderr[-3000:]
+    assert "no training label was changed" in stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["runs"][0]["train_error_noisy_real"] is None and results["runs"][0]["corrupted_share"] == 0.0
+    assert "| - | - |" in (tmp_path / "out" / "table.md").read_text()
+    code, stdout, _ = _main(capsys, *args)  # finished: read back, not trained again
+    assert code == 0 and "finished earlier" in stdout

@@ -28,8 +28,8 @@ def _add_noise_flags(p: argparse.ArgumentParser) -> None:
     n.add_argument("--noise-kind", choices=("symmetric", "pairflip"), default=None,
                    help="symmetric: a uniformly random class (Zhang et al.); pairflip: the next class (default "
                         "symmetric)")
-    a = p.add_argument_group("method alphas (default: the method's; with --label-noise, mixup takes the paper's: "
-                             "8 at 20%%, 32 at 50%% and 80%%)")
+    a = p.add_argument_group("method alphas (default: the method's; under label noise, from --label-noise or a "
+                             "recipe such as cpu-noisy, mixup takes the paper's: 8 at 20%%, 32 at 50%% and 80%%)")
     for flag, method in (("--mixup-alpha", "mixup"), ("--cutmix-alpha", "cutmix"),
                          ("--manifold-alpha", "manifold"), ("--feature-cutmix-alpha", "feature_cutmix")):
         a.add_argument(flag, type=float, default=None, metavar="A",
@@ -93,6 +93,10 @@ def _methods(p: argparse.ArgumentParser, a: argparse.Namespace, names: Sequence[
               "feature_cutmix": a.feature_cutmix_alpha}
     if recipe.label_noise and alphas["mixup"] is None:
         alphas["mixup"] = paper_mixup_alpha(recipe.label_noise)
+    unused = [name for name, alpha in alphas.items() if alpha is not None and name not in names
+              and not (name == "mixup" and a.mixup_alpha is None)]
+    if unused:
+        p.error(f"--{unused[0].replace('_', '-')}-alpha: the {unused[0]} method is not among --methods {','.join(names)}")
     methods = []
     for name in names:
         m = METHODS[name]
@@ -129,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None, *, train_pipeline: Optional[Pipel
     if a.epochs is not None and a.milestones is None and base.schedule == "step":
         # Keep the papers' proportions (100 and 150 of 200) when only the length changes.
         overrides["milestones"] = [m for m in (round(a.epochs * x / base.epochs) for x in base.milestones) if m >= 1]
+    if a.epochs is not None and a.warmup_epochs is None and base.warmup_epochs > a.epochs:
+        overrides["warmup_epochs"] = base.warmup_epochs * a.epochs / base.epochs  # a short run keeps the proportion
     if a.crop is not None and a.val_resize is None:
         overrides["val_resize"] = max(a.crop, base.val_resize * a.crop // base.crop)
     try:

@@ -219,7 +219,7 @@ RECIPES: dict[str, Recipe] = {
 }
 RECIPES["cpu-noisy"] = RECIPES["cpu-lowdata"].replace(
     name="cpu-noisy", description="Zhang et al.'s corrupted-label regime on 2 CPU cores: the cpu-lowdata network on "
-                                  "200 train images per class, 50% symmetric label noise, 40 epochs, held out: 200 "
-                                  "unused train images per class (~3 min per run)",
+                                  "200 train images per class, 50% symmetric label noise, 40 epochs; without DATA/val, "
+                                  "validated on 200 unused train images per class (~3 min per run)",
     # Both cores for the model: decoding 32-pixel JPEGs keeps DALI's one thread mostly idle (1.8x per epoch).
     epochs=40, label_noise=0.5, val_per_class=200, torch_threads=2)

@@ -24,9 +24,11 @@ NOISE_REPORT = "noise_report.json"
 
 
 def _run_info(recipe: Recipe, method: Method, seed: int, classes: Sequence[str],
-              val: Optional[ValSource] = None) -> dict[str, Any]:
+              val: Optional[ValSource] = None, data: str = "") -> dict[str, Any]:
     info = {"recipe": recipe.describe(), "method": method.describe(), "seed": int(seed), "classes": list(classes)}
-    if val is not None and val.file_list is not None:
+    # Validation on anything but data/val is recorded: a run on other val data is another run.
+    default_val = os.path.abspath(os.path.join(data, "val"))
+    if val is not None and (val.file_list is not None or os.path.abspath(val.root) != default_val):
         info["val"] = val.describe()
     return json.loads(json.dumps(info))  # as summary.json and checkpoints give it back (tuples are lists)
 
@@ -45,7 +47,8 @@ def _same_run(info: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]
         diff.append("method")
     old, new, r_defaults = info.get("recipe") or {}, expected["recipe"], _defaults(Recipe)
     # The description, seed list and thread counts do not change what a run computes.
-    ignore = {"name", "description", "seeds", "threads", "torch_threads"}
+    # (val_per_class acts through the held-out set, which "val" records.)
+    ignore = {"name", "description", "seeds", "threads", "torch_threads", "val_per_class"}
     diff += [f"recipe.{k}" for k in new if k not in ignore and old.get(k, r_defaults.get(k)) != new[k]]
     return diff
 
@@ -129,7 +132,7 @@ def train_run(data: str, recipe: Recipe, method: Method, seed: int, run_dir: str
     from dalimix.train.run import build_run
 
     val = val or ValSource(os.path.join(data, "val"), None, "")
-    expected = _run_info(recipe, method, seed, classes, val)
+    expected = _run_info(recipe, method, seed, classes, val, data)
     done = _finished(run_dir, expected, recipe.epochs)
     if done is not None:
         log(f"{os.path.basename(run_dir)}: finished earlier, {done['final_error']:.2f}% error (read from {run_dir})")
@@ -174,9 +177,12 @@ def _measure_noise(net: Any, noisy: NoisyLabels, data: str, recipe: Recipe, clas
                          batch_size=recipe.batch_size, crop=recipe.crop, resize=recipe.val_resize,
                          device=recipe.device, threads=recipe.threads, channels_last=recipe.channels_last, ctx=ctx)
     write_text(os.path.join(run_dir, NOISE_REPORT), json.dumps(json_safe(noise), indent=1) + "\n")
-    log(f"{os.path.basename(run_dir)}: training error on the {noise['corrupted_share']:.1f}% corrupted samples: "
-        f"{noise['train_error_noisy_real']:.1f}% against their real labels, "
-        f"{noise['train_error_noisy_given']:.1f}% against the corrupted ones")
+    if noise["train_error_noisy_real"] is None:
+        log(f"{os.path.basename(run_dir)}: no training label was changed by the corruption; nothing to measure")
+    else:
+        log(f"{os.path.basename(run_dir)}: training error on the {noise['corrupted_share']:.1f}% corrupted samples: "
+            f"{noise['train_error_noisy_real']:.1f}% against their real labels, "
+            f"{noise['train_error_noisy_given']:.1f}% against the corrupted ones")
     return noise
 
 
