@@ -53,8 +53,10 @@ def fake_knobs(**kw) -> list[tuner.Knob]:
 def test_the_search_finds_the_fastest_settings_within_its_budget():
     budget = 6.0
     t0 = time.perf_counter()
+    # The designed differences are 1.5x and more; a 25% margin keeps a loaded machine's noise (sleeps that
+    # overrun) from crowning depth 3, which sleeps exactly as long as depth 2.
     res = tuner.tune(fake_factory, fake_knobs(), seconds=budget, repeats=2, make_loader=FakeLoader, progress=False,
-                     log=lambda _: None)
+                     log=lambda _: None, margin=0.25)
     wall = time.perf_counter() - t0
     assert wall <= budget + 2.0 and res.seconds <= wall
     assert res.defaults == {"num_threads": 2, "prefetch_queue_depth": 2, "batch_size": 8}
