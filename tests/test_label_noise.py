@@ -21,8 +21,8 @@ from torch import nn
 
 from dalimix import reproduce
 from dalimix.pipelines.options import IMAGENET_MEAN, IMAGENET_STD
-from dalimix.reproduce.label_noise import (corrupt_labels, noisy_labels, paper_mixup_alpha, read_list,
-                                           train_errors)
+from dalimix.data.dataset import read_file_list
+from dalimix.reproduce.label_noise import corrupt_labels, noisy_labels, paper_mixup_alpha, train_errors
 from dalimix.reproduce.subsets import HELD_OUT, comparison_classes, resolve_val
 from dalimix.train.distributed import DistContext
 
@@ -77,6 +77,12 @@ def test_paper_alphas():
     assert [paper_mixup_alpha(p) for p in (0.2, 0.5, 0.8, 0.1, 0.3, 0.4, 0.95)] == [8, 32, 32, 8, 8, 32, 32]
 
 
+def read_list(path: str, root: Path) -> tuple[list[str], np.ndarray]:
+    """A written file list through dalimix's own reader: (paths relative to `root`, labels)."""
+    ds = read_file_list(path, root, verify=False)
+    return [os.path.relpath(f, root) for f in ds.files], np.asarray(ds.labels)
+
+
 # -- training errors against the real labels -------------------------------------------------------------
 def colour_dataset(root: Path, per_class: int, val: bool = False) -> Path:
     for split in ("train", "val") if val else ("train",):
@@ -120,7 +126,7 @@ def test_training_errors_compare_with_the_real_labels(tmp_path):
     noisy = noisy_labels(files, labels, 4, 0.6, "symmetric", seed=2)
     run_dir = tmp_path / "run"
     train_list, audit = noisy.write(str(run_dir))
-    listed, given = read_list(train_list)
+    listed, given = read_list(train_list, root / "train")
     assert listed == files and np.array_equal(given, noisy.given)
     rows = [line.split("\t") for line in Path(audit).read_text().splitlines()[1:]]
     assert [(f, int(r), int(g)) for f, r, g in rows] == list(zip(files, noisy.real.tolist(), noisy.given.tolist()))
@@ -145,7 +151,7 @@ def test_held_out_val_is_the_unused_train_images(tmp_path):
     root = colour_dataset(tmp_path / "ds", 10)
     classes = comparison_classes(str(root), None)
     val = resolve_val(str(root), None, classes, 6, 3, str(tmp_path / "out"))
-    listed, labels = read_list(val.file_list)
+    listed, labels = read_list(val.file_list, root / "train")
     assert val.root == str(root / "train") and val.images == 12
     assert listed == [f"{c}/{c}_{i:03d}.png" for c in classes for i in (6, 7, 8)]
     assert labels.tolist() == [k for k in range(4) for _ in range(3)]

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from dalimix.atomic_files import write_text
+from dalimix.reproduce.subsets import write_list
 
 NOISE_KINDS = ("symmetric", "pairflip")
 
@@ -77,7 +78,7 @@ class NoisyLabels:
         os.makedirs(run_dir, exist_ok=True)
         train_list = os.path.join(run_dir, "train_files.txt")
         audit = os.path.join(run_dir, "label_noise.tsv")
-        write_text(train_list, "".join(f"{f} {g}\n" for f, g in zip(self.files, self.given)))
+        write_list(train_list, self.files, self.given)
         write_text(audit, "file\treal\tgiven\n" + "".join(f"{f}\t{r}\t{g}\n" for f, r, g in
                                                            zip(self.files, self.real, self.given)))
         return train_list, audit
@@ -86,24 +87,10 @@ class NoisyLabels:
         """A file list of the corrupted (`which` "noisy_real" / "noisy_given") or the clean samples ("clean"),
         with the label named; None when that subset is empty."""
         mask = self.corrupted if which.startswith("noisy") else ~self.corrupted
-        labels = self.given if which == "noisy_given" else self.real
-        rows = [f"{f} {lab}\n" for f, lab, m in zip(self.files, labels, mask) if m]
-        if not rows:
+        if not mask.any():
             return None
-        write_text(path, "".join(rows))
-        return path
-
-
-def read_list(path: str) -> tuple[list[str], np.ndarray]:
-    """The (relative path, label) rows of a `file_list`."""
-    files, labels = [], []
-    with open(path) as fh:
-        for line in fh:
-            if line.strip():
-                name, label = line.rsplit(maxsplit=1)
-                files.append(name)
-                labels.append(int(label))
-    return files, np.asarray(labels, dtype=np.int64)
+        labels = self.given if which == "noisy_given" else self.real
+        return write_list(path, [f for f, m in zip(self.files, mask) if m], labels[mask])
 
 
 def noisy_labels(files: Sequence[str], labels: Sequence[int], num_classes: int, p: float, kind: str,
